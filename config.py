@@ -1,0 +1,280 @@
+"""One source of truth for every setting.
+
+Values come from the defaults below, then a `.env` file (python-dotenv; keys are the field names,
+upper or lower case, optionally prefixed JERSEY_), then the command line, where every script accepts
+`--field=value` (or `--field value`; a bare `--flag` means true; lists are comma-separated):
+
+    python train.py --data_root=/data/jersey --epochs=5 --device=cpu --train_classes=4,6,8,9,49,66,89
+"""
+import dataclasses
+import difflib
+import os
+import sys
+import typing
+from dataclasses import dataclass, field, fields
+
+METHODS = ("original", "suppress", "logit_adjust", "balanced_softmax", "compositional", "compose", "best")
+
+
+@dataclass
+class Config:
+    # data
+    data_root: str = ""                  # empty: generate and use the embedded synthetic data
+    synth_root: str = "data/synthetic"
+    synth_scale: float = 1.0             # size of the embedded data (1.0 = the original's 5,805 training tracklets)
+    synth_seed: int = 0
+    train_classes: list[int] = field(default_factory=lambda: [4, 6, 8, 9, 49, 66, 89])
+    test_classes: list[int] = field(default_factory=lambda: [48, 64, 88])
+    val_split: float = 0.2
+    split_by: str = "sequence"           # 'sequence' keeps one player's sub-tracklets on one side; 'sample' = original
+    img_size: int = 64
+    seq_len: int = 5
+    train_sampling: str = "random"       # uniform | random | center
+    eval_sampling: str = "uniform"
+    use_anchor: bool = True              # anchor frame first during training and seen-number validation
+    eval_anchor: bool = False            # held-out evaluation ignores anchors (new footage has none)
+    sharpen: float = 2.0
+    cache_dir: str = "data/cache"        # decoded frames are cached here (uint8), keyed by path, size and mtime
+    # model
+    backbone: str = "resnet18"           # resnet18 | resnet34 | resnet50
+    pretrained: bool = True
+    freeze_fraction: float = 0.6
+    spatial_attention: bool = True
+    temporal_attention: bool = True
+    lstm_hidden: int = 256
+    lstm_layers: int = 2
+    dropout: float = 0.3
+    head_hidden: int = 256
+    head: str = "digits"                 # digits (tens incl. empty + units) | compositional (one softmax over 0..99)
+    # training
+    method: str = "original"             # preset, see METHODS / apply_method
+    batch_size: int = 16
+    epochs: int = 30
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.1
+    mixup_alpha: float = 1.0
+    mixup_prob: float = 0.5
+    class_weight: str = "effective_number"  # effective_number | balanced | none
+    beta: float = 0.9999
+    empty_suppression: float = 0.01
+    absent_weight: float = 0.001
+    sqrt_weights: bool = True
+    loss: str = "ce"                     # ce | logit_adjusted | balanced_softmax
+    loss_tau: float = 1.0
+    compose_prob: float = 0.0            # fraction of each batch replaced by two-digit composites of single digits
+    compose_exclude: list[int] = field(default_factory=list)  # numbers never produced by composition
+    patience: int = 10
+    min_delta: float = 0.001
+    amp: bool = True                     # float16 + GradScaler on CUDA, bfloat16 autocast on CPUs that support it
+    channels_last: bool = True
+    num_workers: int = 0
+    seed: int = 42
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N
+    max_steps: int = 0                   # >0: stop each epoch after this many steps (smoke tests)
+    # outputs
+    checkpoint_dir: str = "checkpoints"
+    results_dir: str = "results"
+    log_dir: str = "logs"
+    run_name: str = ""
+    # decoding
+    rule: str = "argmax"                 # rule reported as top-level `accuracy` by evaluate.py
+    anti_empty_threshold: float = 0.55
+    conf_tens: float = 0.10
+    conf_units: float = 0.50
+    same_digit_threshold: float = 0.7
+    vote_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6])
+    logit_tau: float = 1.0               # tau of post-hoc logit adjustment of the tens head
+
+    def validate(self) -> list[str]:
+        """Every problem at once, as readable messages; raises nothing."""
+        e = []
+        for name in ("train_classes", "test_classes", "compose_exclude"):
+            bad = [n for n in getattr(self, name) if not 0 <= n <= 99]
+            if bad:
+                e.append(f"{name}: numbers must be in 0..99, got {bad}")
+        if not self.train_classes:
+            e.append("train_classes is empty")
+        overlap = sorted(set(self.train_classes) & set(self.test_classes))
+        if overlap:
+            e.append(f"train_classes and test_classes overlap on {overlap}: held-out numbers must be unseen")
+        if self.data_root and not os.path.isdir(self.data_root):
+            e.append(f"data_root {self.data_root!r} does not exist or is not a folder")
+        checks = [
+            (0 < self.val_split < 1, "val_split must be in (0, 1)"),
+            (self.synth_scale > 0, "synth_scale must be > 0"),
+            (self.img_size >= 32, "img_size must be >= 32"),
+            (self.seq_len >= 1, "seq_len must be >= 1"),
+            (0 <= self.freeze_fraction <= 1, "freeze_fraction must be in [0, 1]"),
+            (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (0 <= self.mixup_prob <= 1, "mixup_prob must be in [0, 1]"),
+            (0 <= self.compose_prob <= 1, "compose_prob must be in [0, 1]"),
+            (0 < self.beta < 1, "beta must be in (0, 1)"),
+            (self.empty_suppression > 0, "empty_suppression must be > 0"),
+            (self.num_workers >= 0, "num_workers must be >= 0"),
+            (self.lstm_layers >= 1 and self.lstm_hidden >= 1, "lstm_layers and lstm_hidden must be >= 1"),
+        ]
+        e += [msg for ok, msg in checks if not ok]
+        choices = {
+            "train_sampling": ("uniform", "random", "center"), "eval_sampling": ("uniform", "random", "center"),
+            "backbone": ("resnet18", "resnet34", "resnet50"), "head": ("digits", "compositional"),
+            "class_weight": ("effective_number", "balanced", "none"), "split_by": ("sequence", "sample"),
+            "loss": ("ce", "logit_adjusted", "balanced_softmax"), "method": METHODS,
+            "rule": ("argmax", "anti_empty", "confidence", "same_digit", "vote", "logit_adjusted"),
+        }
+        e += [f"{k} must be one of {v}, got {getattr(self, k)!r}" for k, v in choices.items() if getattr(self, k) not in v]
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            e.append(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        return e
+
+    def warnings(self) -> list[str]:
+        import torch
+        w = []
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            w.append(f"device={self.device} asked for but CUDA is not available: falling back to CPU")
+        return w
+
+    def resolved_device(self) -> str:
+        import torch
+        if self.device == "auto" or not torch.cuda.is_available():
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+    def digit_coverage(self) -> dict[int, dict]:
+        """For each test number: were its tens and units digits seen in those positions in training?"""
+        tens = {n // 10 for n in self.train_classes if n >= 10}
+        units = {n % 10 for n in self.train_classes}
+        return {n: {"tens": n // 10, "tens_seen": n < 10 or n // 10 in tens,
+                    "units": n % 10, "units_seen": n % 10 in units} for n in self.test_classes}
+
+
+def apply_method(cfg: Config) -> Config:
+    """Method presets only change fields the user did not set explicitly (cfg._explicit)."""
+    presets = {
+        "original": {},
+        "suppress": {"empty_suppression": 0.001},
+        "logit_adjust": {"rule": "logit_adjusted"},
+        "balanced_softmax": {"loss": "balanced_softmax", "class_weight": "none"},
+        "compositional": {"head": "compositional", "class_weight": "none", "loss": "balanced_softmax"},
+        "compose": {"compose_prob": 0.5},
+        "best": {"compose_prob": 0.5, "head": "compositional", "class_weight": "none", "loss": "balanced_softmax"},
+    }
+    explicit = getattr(cfg, "_explicit", set())
+    for k, v in presets[cfg.method].items():
+        if k not in explicit:
+            setattr(cfg, k, v)
+    return cfg
+
+
+def _parse_value(name: str, typ, raw: str):
+    origin = typing.get_origin(typ)
+    if origin is list:
+        (inner,) = typing.get_args(typ)
+        return [inner(x) for x in raw.replace(" ", "").split(",") if x]
+    if typ is bool:
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on", ""):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true/false, got {raw!r}")
+    return typ(raw)
+
+
+class ConfigError(SystemExit):
+    """Raised with a readable message; scripts exit with it (no traceback)."""
+
+    def __init__(self, msg: str):
+        super().__init__(f"error: {msg}")
+
+
+def _tokens(argv: list[str]) -> list[tuple[str, str | None]]:
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if not a.startswith("--"):
+            raise ConfigError(f"unexpected argument {a!r}: use --field=value")
+        key, eq, val = a[2:].partition("=")
+        if not eq:
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            val = None if nxt is None or nxt.startswith("--") else nxt
+            i += val is not None
+        out.append((key.replace("-", "_"), val))
+        i += 1
+    return out
+
+
+def load(argv: list[str] | None = None, extras: dict | None = None, env_file: str = ".env"):
+    """Build the config from defaults, `.env`, then argv. `extras` are script-only options with defaults
+    (e.g. {'checkpoint': ''}); returns (cfg, extras_dict). Exits with one clear message on bad input."""
+    argv = sys.argv[1:] if argv is None else argv
+    cfg, extras = Config(), dict(extras or {})
+    types = {f.name: f.type for f in fields(Config)}
+    types.update({k: type(v) if v is not None else str for k, v in extras.items()})
+    explicit, errors = set(), []
+
+    def assign(key, raw, source):
+        typ = types[key]
+        try:
+            val = True if raw is None and typ is bool else _parse_value(key, typ, raw if raw is not None else "")
+        except ValueError as err:
+            errors.append(f"{source} {key}: {err}")
+            return
+        if key in extras:
+            extras[key] = val
+        else:
+            setattr(cfg, key, val)
+            explicit.add(key)
+
+    for k, v in _dotenv(env_file).items():
+        key = k.lower().removeprefix("jersey_")
+        if key in types:
+            assign(key, v, ".env")
+    for key, raw in _tokens(argv):
+        if key in ("h", "help"):
+            print(__doc__)
+            print("fields:", ", ".join(sorted(types)))
+            raise SystemExit(0)
+        if key not in types:
+            close = difflib.get_close_matches(key, types, n=3)
+            raise ConfigError(f"unknown option --{key}" + (f" (did you mean {', '.join('--' + c for c in close)}?)" if close else ""))
+        if raw is None and key in extras and types[key] is str:
+            raw = "true"  # script flags such as a bare --resume
+        elif raw is None and types[key] is not bool:
+            errors.append(f"--{key} needs a value (--{key}=...)")
+            continue
+        assign(key, raw, "--")
+    cfg._explicit = explicit
+    if cfg.method in METHODS:
+        apply_method(cfg)
+    errors += cfg.validate()
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+    return cfg, extras
+
+
+def _dotenv(path: str) -> dict:
+    if not os.path.isfile(path):
+        return {}
+    try:
+        from dotenv import dotenv_values
+    except ImportError:  # python-dotenv is in requirements; without it .env is ignored, loudly
+        print(f"warning: {path} found but python-dotenv is not installed; ignoring it", file=sys.stderr)
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict) -> Config:
+    """Rebuild a config stored in a checkpoint; unknown keys (from other versions) are ignored."""
+    names = {f.name for f in fields(Config)}
+    return Config(**{k: v for k, v in d.items() if k in names})

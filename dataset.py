@@ -1,0 +1,362 @@
+"""Hierarchical tracklet dataset: DATA_ROOT/<number>/<player sequence>/<sub-tracklet>/*.jpg.
+
+Every frame is decoded, sharpened and resized once (the SPEC recipe) into a uint8 array that is cached
+on disk; augmentation then runs on whole batches of tensors (see `augment`). __getitem__ only picks
+frame indices, so an epoch costs no image decoding.
+"""
+import hashlib
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from multiprocessing import Pool
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageEnhance, ImageFile
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+log = logging.getLogger("jersey")
+EMPTY = 10          # tens class meaning "no tens digit"
+NUM_DIGIT_CLASSES = 11
+IMG_EXTS = (".jpg", ".jpeg", ".png")
+MEAN = torch.tensor([0.485, 0.456, 0.406])
+STD = torch.tensor([0.229, 0.224, 0.225])
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is a counted skip, not a half-grey frame
+
+
+def decompose(n: int) -> tuple[int, int]:
+    return (EMPTY, n) if n < 10 else (n // 10, n % 10)
+
+
+def reconstruct(tens, units):
+    """Works on ints and on tensors: tens == EMPTY -> units, else 10 * tens + units."""
+    if isinstance(tens, torch.Tensor):
+        return torch.where(tens == EMPTY, units, 10 * tens + units)
+    return units if tens == EMPTY else 10 * tens + units
+
+
+@dataclass
+class Sample:
+    path: str            # the sub-tracklet folder
+    number: int
+    frames: list[str]    # sorted frame paths
+    anchor: int | None   # index into frames of the '_anchor' frame
+    group: str           # player sequence, so splits never put one player on both sides
+
+
+def _natural_key(s: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def _number_of(name: str) -> int | None:
+    return int(name) if re.fullmatch(r"0|[1-9]\d?", name) else None
+
+
+def crawl(root: str, numbers=None) -> tuple[list[Sample], Counter]:
+    """All sub-tracklets below root whose number is in `numbers` (all if None), plus skip counts."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"data root {root!r} does not exist")
+    wanted = None if numbers is None else set(numbers)
+    samples, skipped = [], Counter()
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if not entry.is_dir(follow_symlinks=False) or entry.name.startswith("."):
+            continue
+        n = _number_of(entry.name)
+        if n is None:
+            skipped["folder name not a number 0..99"] += 1
+            log.warning("skipping folder %s: name is not a jersey number 0..99", entry.path)
+            continue
+        if wanted is None or n in wanted:
+            samples += _crawl_number(entry.path, n, skipped)
+    return samples, skipped
+
+
+def _crawl_number(folder: str, n: int, skipped: Counter) -> list[Sample]:
+    out = []
+    # followlinks=False: a symlink loop in user data must not hang the crawl
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames.sort(key=_natural_key)
+        imgs = sorted((f for f in filenames if f.lower().endswith(IMG_EXTS)), key=_natural_key)
+        if dirpath == folder:
+            continue
+        if not imgs:
+            if not dirnames:
+                skipped["empty sub-tracklet folder"] += 1
+            continue
+        frames = [os.path.join(dirpath, f) for f in imgs]
+        anchors = [i for i, f in enumerate(imgs) if "_anchor" in f.lower()]
+        group = os.path.relpath(dirpath, folder).split(os.sep)[0]
+        out.append(Sample(dirpath, n, frames, anchors[0] if anchors else None, f"{n}/{group}"))
+    return out
+
+
+def select_frames(n_frames: int, anchor: int | None, seq_len: int, strategy: str, rng: np.random.Generator,
+                  pad: bool = True) -> list[int]:
+    """Anchor first (if any), the rest from the non-anchor frames; pad by repeating the last frame."""
+    first = [] if anchor is None else [anchor]
+    others = [i for i in range(n_frames) if i != anchor]
+    need = seq_len - len(first)
+    if need <= 0:
+        return first[:seq_len]
+    if len(others) <= need:
+        picked = others
+    elif strategy == "uniform":
+        picked = [others[int(round(j))] for j in np.linspace(0, len(others) - 1, need)]
+    elif strategy == "random":
+        picked = [others[j] for j in sorted(rng.choice(len(others), need, replace=False))]
+    elif strategy == "center":
+        start = (len(others) - need) // 2
+        picked = others[start:start + need]
+    else:
+        raise ValueError(f"unknown sampling strategy {strategy!r}")
+    idx = first + picked
+    if pad and len(idx) < seq_len:
+        idx += [idx[-1]] * (seq_len - len(idx))
+    return idx
+
+
+def load_frame(path: str, size: int, sharpen: float = 2.0) -> np.ndarray:
+    """SPEC recipe: RGB -> sharpen -> LANCZOS to size x size. Any PIL mode (L, CMYK, RGBA, P) works."""
+    with Image.open(path) as im:
+        im.draft("RGB", (size, size))  # JPEG: decode big images at reduced scale, far faster
+        im = im.convert("RGB")
+        if sharpen != 1.0:
+            im = ImageEnhance.Sharpness(im).enhance(sharpen)
+        im = im.resize((size, size), Image.LANCZOS)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def _load_or_none(args):
+    path, size, sharpen = args
+    try:
+        return load_frame(path, size, sharpen)
+    except Exception:  # noqa: BLE001 - any unreadable file is a counted skip
+        return None
+
+
+class FrameStore:
+    """Every frame of every sample, preprocessed once into one uint8 array (N, S, S, 3), cached on disk."""
+
+    def __init__(self, samples: list[Sample], size: int, sharpen: float, cache_dir: str = "", workers: int = 0):
+        paths = sorted({p for s in samples for p in s.frames})
+        self.index = {p: i for i, p in enumerate(paths)}
+        cache = os.path.join(cache_dir, f"frames_{_fingerprint(paths, size, sharpen)}.npz") if cache_dir else ""
+        if cache and os.path.isfile(cache):
+            with np.load(cache) as z:
+                self.frames, self.ok = z["frames"], z["ok"]
+        else:
+            self.frames, self.ok = _decode_all(paths, size, sharpen, workers)
+            if cache:
+                os.makedirs(cache_dir, exist_ok=True)
+                tmp = cache + ".tmp.npz"
+                np.savez(tmp, frames=self.frames, ok=self.ok)
+                os.replace(tmp, cache)
+        self.bad = {p for p, i in self.index.items() if not self.ok[i]}
+
+    def drop_unreadable(self, samples: list[Sample], skipped: Counter) -> list[Sample]:
+        """Remove unreadable frames from samples (and samples left with none), counting both."""
+        out = []
+        for s in samples:
+            good = [f for f in s.frames if f not in self.bad]
+            if len(good) < len(s.frames):
+                skipped["unreadable image"] += len(s.frames) - len(good)
+            if not good:
+                skipped["sub-tracklet with no readable image"] += 1
+                continue
+            anchor = None if s.anchor is None or s.frames[s.anchor] in self.bad else good.index(s.frames[s.anchor])
+            out.append(Sample(s.path, s.number, good, anchor, s.group))
+        return out
+
+    def get(self, paths: list[str]) -> np.ndarray:
+        return self.frames[[self.index[p] for p in paths]]
+
+
+def _fingerprint(paths, size, sharpen) -> str:
+    h = hashlib.sha1(f"{size}|{sharpen}|v1".encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}|missing\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _decode_all(paths, size, sharpen, workers):
+    frames = np.zeros((len(paths), size, size, 3), np.uint8)
+    ok = np.zeros(len(paths), bool)
+    jobs = [(p, size, sharpen) for p in paths]
+    workers = workers or min(os.cpu_count() or 1, 8)
+    bar = dict(total=len(paths), desc="decoding frames", unit="img", leave=False, mininterval=1)
+    if workers > 1 and len(paths) > 256:
+        with Pool(workers) as pool:
+            results = pool.imap(_load_or_none, jobs, chunksize=64)
+            _fill(frames, ok, tqdm(results, **bar))
+    else:
+        _fill(frames, ok, tqdm(map(_load_or_none, jobs), **bar))
+    return frames, ok
+
+
+def _fill(frames, ok, results):
+    for i, img in enumerate(results):
+        if img is not None:
+            frames[i], ok[i] = img, True
+
+
+class TrackletDataset(Dataset):
+    """Item: (frames uint8 [T, S, S, 3], tens, units, number, index). Augmentation happens per batch."""
+
+    def __init__(self, samples: list[Sample], store: FrameStore, seq_len: int, strategy: str,
+                 use_anchor: bool = True, pad: bool = True):
+        self.samples, self.store = samples, store
+        self.seq_len, self.strategy, self.use_anchor, self.pad = seq_len, strategy, use_anchor, pad
+
+    def __len__(self):
+        return len(self.samples)
+
+    def frame_indices(self, i: int) -> list[int]:
+        s = self.samples[i]
+        # seeded from torch's RNG so torch.manual_seed (and resumed RNG state) governs sampling
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,))))
+        anchor = s.anchor if self.use_anchor else None
+        n = len(s.frames)
+        if not self.use_anchor and s.anchor is not None and n > 1:
+            # evaluation without anchors: the anchor file is not part of the footage at all
+            keep = [j for j in range(n) if j != s.anchor]
+            return [keep[j] for j in select_frames(len(keep), None, self.seq_len, self.strategy, rng, self.pad)]
+        return select_frames(n, anchor, self.seq_len, self.strategy, rng, self.pad)
+
+    def __getitem__(self, i):
+        s = self.samples[i]
+        frames = self.store.get([s.frames[j] for j in self.frame_indices(i)])
+        tens, units = decompose(s.number)
+        return torch.from_numpy(frames), tens, units, s.number, i
+
+
+def collate(batch):
+    """Pads variable-length sequences with zeros; mask is True on real frames."""
+    lengths = [b[0].shape[0] for b in batch]
+    T = max(lengths)
+    frames = torch.zeros((len(batch), T) + tuple(batch[0][0].shape[1:]), dtype=torch.uint8)
+    mask = torch.zeros(len(batch), T, dtype=torch.bool)
+    for k, (b, n) in enumerate(zip(batch, lengths)):
+        frames[k, :n], mask[k, :n] = b[0], True
+    cols = list(zip(*[b[1:] for b in batch]))
+    return {"frames": frames, "mask": mask, "tens": torch.tensor(cols[0]), "units": torch.tensor(cols[1]),
+            "number": torch.tensor(cols[2]), "index": torch.tensor(cols[3])}
+
+
+def to_input(frames: torch.Tensor, device) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> float [B, T, 3, H, W] in 0..1 on device (normalised later)."""
+    return frames.to(device, non_blocking=True).permute(0, 1, 4, 2, 3).float().div_(255)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    return (x - MEAN.to(x.device).view(1, 1, 3, 1, 1)) / STD.to(x.device).view(1, 1, 3, 1, 1)
+
+
+def augment(x: torch.Tensor, degrees=5.0, translate=0.05, scale=(0.95, 1.05), brightness=0.2, contrast=0.2):
+    """The SPEC's per-frame random affine and colour jitter, on a whole batch [B, T, 3, H, W] at once."""
+    B, T, C, H, W = x.shape
+    n = B * T
+    flat = x.reshape(n, C, H, W)
+    dev = x.device
+    ang = torch.empty(n, device=dev).uniform_(-degrees, degrees).deg2rad_()
+    s = torch.empty(n, device=dev).uniform_(*scale)
+    tx, ty = (torch.empty(n, device=dev).uniform_(-translate, translate) * 2 for _ in range(2))
+    cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, flat.shape, align_corners=False)
+    flat = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    b = torch.empty(n, 1, 1, 1, device=dev).uniform_(1 - brightness, 1 + brightness)
+    c = torch.empty(n, 1, 1, 1, device=dev).uniform_(1 - contrast, 1 + contrast)
+    flat = (flat * b).clamp_(0, 1)
+    gray = (0.299 * flat[:, 0] + 0.587 * flat[:, 1] + 0.114 * flat[:, 2]).mean((1, 2)).view(n, 1, 1, 1)
+    flat = ((flat - gray) * c + gray).clamp_(0, 1)
+    return flat.view(B, T, C, H, W)
+
+
+def class_weights(labels, num_classes: int, method: str = "effective_number", beta: float = 0.9999,
+                  absent_weight: float = 0.001, empty_index: int | None = None, empty_suppression: float = 1.0,
+                  sqrt: bool = True) -> torch.Tensor:
+    """Per-class loss weights. effective_number (Cui et al. 2019): (1 - beta) / (1 - beta^n_c);
+    balanced: N / (K * n_c) over the K present classes. Absent classes get `absent_weight`; the tens head's
+    empty class is multiplied by `empty_suppression`; then optionally the square root of every weight."""
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long), minlength=num_classes).double()
+    present = counts > 0
+    w = torch.full((num_classes,), float(absent_weight), dtype=torch.double)
+    if method == "effective_number":
+        w[present] = (1 - beta) / (1 - beta ** counts[present])
+    elif method == "balanced":
+        w[present] = counts.sum() / (present.sum() * counts[present])
+    elif method == "none":
+        w[:] = 1.0
+    else:
+        raise ValueError(f"unknown class weight method {method!r}")
+    if empty_index is not None:
+        w[empty_index] *= empty_suppression
+    return (w.sqrt() if sqrt else w).float()
+
+
+def split(samples: list[Sample], val_fraction: float, seed: int, by: str = "sequence"):
+    """Random train/val split; by='sequence' splits whole player sequences (no player on both sides)."""
+    rng = np.random.default_rng(seed)
+    if by == "sample":
+        perm = rng.permutation(len(samples))
+        n_val = int(round(len(samples) * val_fraction))
+        val_idx = set(perm[:n_val].tolist())
+        return [s for i, s in enumerate(samples) if i not in val_idx], [samples[i] for i in sorted(val_idx)]
+    # stratify per number, so rare numbers (e.g. 89) still land in validation
+    train, val = [], []
+    for n in sorted({s.number for s in samples}):
+        groups = sorted({s.group for s in samples if s.number == n})
+        perm = rng.permutation(len(groups))
+        n_val = max(1, int(round(len(groups) * val_fraction))) if len(groups) > 1 else 0
+        val_groups = {groups[i] for i in perm[:n_val]}
+        for s in samples:
+            if s.number == n:
+                (val if s.group in val_groups else train).append(s)
+    return train, val
+
+
+def report_skips(skipped: Counter) -> None:
+    for reason, count in sorted(skipped.items()):
+        log.warning("skipped %d x %s", count, reason)
+
+
+def compose_batch(x, tens, units, number, prob: float, exclude=(), width=(0.35, 0.6)):
+    """Synthetic two-digit tracklets from single-digit ones, on any data (no digit boxes needed).
+
+    Single-digit numbers sit in the middle of the back, so the central vertical band of a single-digit
+    crop holds its digit. For a random `prob` share of the batch, the central band (a random fraction
+    `width` of the crop width) of single-digit tracklet A is placed left of that of single-digit tracklet
+    B, frame by frame, and the pair is resized back to the crop size: labels tens = a, units = b.
+    x: float [B, T, 3, H, W]. Numbers in `exclude` are never produced.
+    """
+    singles = torch.nonzero((number < 10) & (number > 0)).flatten()  # a tens digit of 0 is no jersey number
+    any_single = torch.nonzero(number < 10).flatten()
+    B, T, C, H, W = x.shape
+    n = int(round(prob * B))
+    if n == 0 or len(singles) == 0 or len(any_single) < 2:
+        return x, tens, units, number
+    left = singles[torch.randint(len(singles), (n,), device=x.device)]
+    right = any_single[torch.randint(len(any_single), (n,), device=x.device)]
+    new_num = 10 * number[left] + number[right]
+    if len(exclude):
+        keep = ~torch.isin(new_num, torch.as_tensor(list(exclude), device=x.device))
+        left, right, new_num = left[keep], right[keep], new_num[keep]
+    slots = torch.randperm(B, device=x.device)[:len(left)]
+    src = x
+    x, tens, units, number = x.clone(), tens.clone(), units.clone(), number.clone()
+    for k in range(len(slots)):
+        frac = float(torch.empty(1).uniform_(*width))
+        band = max(2, int(round(W * frac)))
+        lo = (W - band) // 2
+        pair = torch.cat([src[left[k], ..., lo:lo + band], src[right[k], ..., lo:lo + band]], dim=-1)
+        x[slots[k]] = F.interpolate(pair, size=(H, W), mode="bilinear", align_corners=False, antialias=True)
+    tens[slots], units[slots], number[slots] = number[left], number[right], new_num
+    return x, tens, units, number

@@ -1,0 +1,301 @@
+"""Evaluate a checkpoint on numbers never seen in training, with every decoding rule side by side.
+
+    python evaluate.py --checkpoint checkpoints/best_model.pth
+    python evaluate.py --checkpoint checkpoints/best_model.pth --test_classes=44,46,68 --stability
+    python evaluate.py --checkpoint ... --split=val          # the seen-number validation split instead
+
+The model and data settings come from the checkpoint; any --field=value overrides them.
+"""
+import os
+from collections import Counter
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+import config
+import dataset
+import train
+import utils
+from dataset import EMPTY
+
+log = utils.log
+RULES = ("argmax", "anti_empty", "confidence", "same_digit", "vote", "logit_adjusted")
+
+
+# ---- decoding rules: (p_tens [N, 11], p_units [N, 10]) -> (tens [N], units [N]) -------------------------
+
+def rule_argmax(p_tens, p_units):
+    return p_tens.argmax(1), p_units.argmax(1)
+
+
+def best_nonempty(p_tens):
+    """Best real tens digit (1..9)."""
+    return p_tens[:, 1:10].argmax(1) + 1
+
+
+def rule_anti_empty(p_tens, p_units, threshold=0.55):
+    """If the tens head says empty with probability below `threshold`, take the best non-empty tens digit."""
+    t, u = rule_argmax(p_tens, p_units)
+    weak_empty = (t == EMPTY) & (p_tens[:, EMPTY] < threshold)
+    return torch.where(weak_empty, best_nonempty(p_tens), t), u
+
+
+def rule_confidence(p_tens, p_units, conf_tens=0.10, conf_units=0.50):
+    """Two digits only if tens is a digit with P > conf_tens and P(units) > conf_units; else units alone."""
+    t, u = rule_argmax(p_tens, p_units)
+    pt = p_tens.gather(1, t[:, None]).squeeze(1)
+    pu = p_units.gather(1, u[:, None]).squeeze(1)
+    two = (t != EMPTY) & (pt > conf_tens) & (pu > conf_units)
+    return torch.where(two, t, torch.full_like(t, EMPTY)), u
+
+
+def rule_same_digit(p_tens, p_units, threshold=0.7):
+    """A doubled digit (e.g. 88) with P(tens) < threshold takes the second-best tens class instead."""
+    t, u = rule_argmax(p_tens, p_units)
+    pt = p_tens.gather(1, t[:, None]).squeeze(1)
+    second = p_tens.topk(2, dim=1).indices[:, 1]
+    return torch.where((t == u) & (pt < threshold), second, t), u
+
+
+def rule_vote(p_tens, p_units, thresholds=(0.3, 0.4, 0.5, 0.6)):
+    """Majority vote of the anti-empty rule over several thresholds; ties go to the more probable number."""
+    votes = torch.stack([dataset.reconstruct(*rule_anti_empty(p_tens, p_units, th)) for th in thresholds], 1)
+    out = torch.empty(len(votes), dtype=torch.long)
+    for i, row in enumerate(votes.tolist()):
+        counts = Counter(row)
+        top = max(counts.values())
+        tied = [n for n in counts if counts[n] == top]
+        out[i] = max(tied, key=lambda n: number_prob(p_tens[i], p_units[i], n))
+    tens = torch.where(out >= 10, out // 10, torch.full_like(out, EMPTY))
+    return tens, out % 10
+
+
+def rule_logit_adjusted(p_tens, p_units, log_prior_tens, tau=1.0):
+    """Post-hoc logit adjustment (Menon et al. 2021): argmax of log p(tens) - tau * log prior(tens)."""
+    adj = p_tens.clamp_min(1e-12).log() - tau * log_prior_tens
+    return adj.argmax(1), p_units.argmax(1)
+
+
+def number_prob(p_tens, p_units, n: int) -> float:
+    t, u = dataset.decompose(n)
+    return float(p_tens[t] * p_units[u])
+
+
+def decode_all(p_tens, p_units, cfg, log_prior_tens) -> dict:
+    """Every rule at once: rule -> (tens, units, number, confidence)."""
+    fns = {
+        "argmax": lambda: rule_argmax(p_tens, p_units),
+        "anti_empty": lambda: rule_anti_empty(p_tens, p_units, cfg.anti_empty_threshold),
+        "confidence": lambda: rule_confidence(p_tens, p_units, cfg.conf_tens, cfg.conf_units),
+        "same_digit": lambda: rule_same_digit(p_tens, p_units, cfg.same_digit_threshold),
+        "vote": lambda: rule_vote(p_tens, p_units, cfg.vote_thresholds),
+        "logit_adjusted": lambda: rule_logit_adjusted(p_tens, p_units, log_prior_tens, cfg.logit_tau),
+    }
+    out = {}
+    for name, fn in fns.items():
+        t, u = fn()
+        conf = p_tens.gather(1, t[:, None]).squeeze(1) * p_units.gather(1, u[:, None]).squeeze(1)
+        out[name] = (t, u, dataset.reconstruct(t, u), conf)
+    return out
+
+
+def tens_log_prior(train_counts: dict) -> torch.Tensor:
+    """log prior of the tens classes (index 10 = empty) from the training counts stored in the checkpoint."""
+    labels = [dataset.decompose(int(n))[0] for n, c in train_counts.items() for _ in range(int(c))]
+    return train.log_prior(labels, 11) if labels else torch.zeros(11)
+
+
+# ---- metrics ---------------------------------------------------------------------------------------------
+
+def rule_metrics(tens, units, number, conf, res, baseline_number) -> dict:
+    true_n, true_t, true_u = res["number"], res["tens"], res["units"]
+    pct = lambda b: round(100.0 * b.float().mean().item(), 2) if len(b) else 0.0  # noqa: E731
+    return {"accuracy": pct(number == true_n), "tens_accuracy": pct(tens == true_t),
+            "units_accuracy": pct(units == true_u), "both_digits_accuracy": pct((tens == true_t) & (units == true_u)),
+            "mean_confidence": round(conf.mean().item(), 4) if len(conf) else 0.0,
+            "changed_vs_argmax": int((number != baseline_number).sum()),
+            "per_number": per_number(true_n, number)}
+
+
+def per_number(true_n, pred_n) -> dict:
+    out = {}
+    for n in sorted(set(true_n.tolist())):
+        sel = true_n == n
+        correct = int((pred_n[sel] == n).sum())
+        out[str(n)] = {"total": int(sel.sum()), "correct": correct, "accuracy": round(100.0 * correct / int(sel.sum()), 2)}
+    return out
+
+
+def score(res, cfg, train_counts) -> dict:
+    decoded = decode_all(res["p_tens"], res["p_units"], cfg, tens_log_prior(train_counts))
+    base = decoded["argmax"][2]
+    return {name: rule_metrics(*d, res, base) for name, d in decoded.items()}, decoded
+
+
+# ---- plots -----------------------------------------------------------------------------------------------
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_confusion(res, decoded, path):
+    import seaborn as sns
+    from sklearn.metrics import confusion_matrix
+    plt = _plt()
+    t, u = decoded[0], decoded[1]
+    fig, ax = plt.subplots(1, 2, figsize=(13, 5.5))
+    tens_labels = [str(i) for i in range(10)] + ["empty"]
+    for a, true, pred, labels, title in ((ax[0], res["tens"], t, tens_labels, "tens digit"),
+                                         (ax[1], res["units"], u, tens_labels[:10], "units digit")):
+        cm = confusion_matrix(true.numpy(), pred.numpy(), labels=list(range(len(labels))))
+        sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", xticklabels=labels, yticklabels=labels, ax=a, cbar=False)
+        a.set(title=title, xlabel="predicted", ylabel="true")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_per_number(per_num: dict, path, title):
+    plt = _plt()
+    nums = list(per_num)
+    acc = [per_num[n]["accuracy"] for n in nums]
+    colours = ["tab:green" if a >= 80 else "tab:orange" if a >= 60 else "tab:red" for a in acc]
+    fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(nums) + 2), 4))
+    bars = ax.bar(range(len(nums)), acc, color=colours, tick_label=nums)
+    for b, n in zip(bars, nums):
+        ax.text(b.get_x() + b.get_width() / 2, b.get_height() + 1, f"{per_num[n]['correct']}/{per_num[n]['total']}",
+                ha="center", fontsize=8)
+    ax.set(ylim=(0, 108), ylabel="accuracy (%)", xlabel="jersey number", title=title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    _plt().close(fig)
+
+
+# ---- temporal stability ----------------------------------------------------------------------------------
+
+class FrameModeDataset(dataset.TrackletDataset):
+    """'anchor': the anchor (or first) frame repeated; 'random_frame': one random frame repeated."""
+
+    def __init__(self, *args, mode: str, **kw):
+        super().__init__(*args, **kw)
+        self.mode = mode
+
+    def frame_indices(self, i):
+        s = self.samples[i]
+        if self.mode == "anchor":
+            j = s.anchor if s.anchor is not None else 0
+        else:
+            j = int(torch.randint(len(s.frames), (1,)))
+        return [j] * self.seq_len
+
+
+def stability(model, samples, store, cfg, device, dtype, train_counts) -> dict:
+    out = {}
+    for mode in ("sequence", "anchor", "random_frame"):
+        kw = dict(seq_len=cfg.seq_len, strategy=cfg.eval_sampling, use_anchor=cfg.eval_anchor)
+        ds = dataset.TrackletDataset(samples, store, **kw) if mode == "sequence" else \
+            FrameModeDataset(samples, store, mode=mode, **kw)
+        res = train.predict_loader(model, _loader(ds, cfg), device, dtype, cfg, desc=f"stability {mode}")
+        metrics, decoded = score(res, cfg, train_counts)
+        conf = decoded[cfg.rule][3]
+        out[mode] = {"accuracy": metrics[cfg.rule]["accuracy"], "mean_confidence": round(conf.mean().item(), 4),
+                     "confidence_variance": round(conf.var().item(), 6) if len(conf) > 1 else 0.0}
+    return out
+
+
+def _loader(ds, cfg):
+    return DataLoader(ds, batch_size=max(cfg.batch_size, 32), shuffle=False, collate_fn=dataset.collate,
+                      num_workers=cfg.num_workers)
+
+
+# ---- main ------------------------------------------------------------------------------------------------
+
+def load_for_eval(argv, extras):
+    """Checkpoint config, overridden by whatever the user set on the command line."""
+    cli, extra = config.load(argv, extras={"checkpoint": "checkpoints/best_model.pth", **extras})
+    ckpt = utils.load_checkpoint(extra["checkpoint"])
+    net, cfg = utils.model_from_checkpoint(ckpt, extra["checkpoint"])
+    for k in cli._explicit:
+        setattr(cfg, k, getattr(cli, k))
+    errors = cfg.validate()
+    if errors:
+        raise config.ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+    return cfg, extra, ckpt, net
+
+
+def eval_samples(cfg, split):
+    if split == "val":  # the same split train.py made (same numbers, fraction, seed)
+        samples, store, skipped = utils.load_samples(cfg, cfg.train_classes)
+        return dataset.split(samples, cfg.val_split, cfg.seed, cfg.split_by)[1], store, skipped, cfg.use_anchor
+    samples, store, skipped = utils.load_samples(cfg, cfg.test_classes)
+    return samples, store, skipped, cfg.eval_anchor
+
+
+def main(argv=None):
+    cfg, extra, ckpt, model = load_for_eval(argv, {"out": "", "stability": False, "split": "test"})
+    utils.setup_logging()
+    if extra["split"] not in ("test", "val"):
+        raise config.ConfigError("--split must be test or val")
+    device = utils.device_of(cfg)
+    dtype = utils.amp_dtype(device, cfg.amp)
+    model.to(device).eval()
+    samples, store, skipped, anchor = eval_samples(cfg, extra["split"])
+    ds = dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.eval_sampling, anchor)
+    utils.seed_everything(cfg.seed)
+    res = train.predict_loader(model, _loader(ds, cfg), device, dtype, cfg, desc="evaluate")
+    train_counts = ckpt.get("train_counts", {})
+    rules, decoded = score(res, cfg, train_counts)
+    t, u, num, conf = decoded[cfg.rule]
+    results = {
+        "accuracy": rules[cfg.rule]["accuracy"], "rule": cfg.rule, "per_number": rules[cfg.rule]["per_number"],
+        "rules": rules, "skipped": dict(skipped), "split": extra["split"], "anchor_frames_used": anchor,
+        "numbers": sorted({s.number for s in samples}), "num_tracklets": len(samples),
+        "checkpoint": {"path": extra["checkpoint"], "epoch": ckpt.get("epoch", -1) + 1,
+                       "best_val_acc": ckpt.get("best_acc")},
+        "digit_coverage": {str(k): v for k, v in cfg.digit_coverage().items()},
+        "config": config.to_dict(cfg),
+        "predictions": [{"path": samples[i].path, "true": int(res["number"][k]), "pred": int(num[k]),
+                         "confidence": round(float(conf[k]), 4),
+                         "tens_confidence": round(float(res["p_tens"][k, t[k]]), 4),
+                         "units_confidence": round(float(res["p_units"][k, u[k]]), 4),
+                         "p_empty": round(float(res["p_tens"][k, EMPTY]), 4)}
+                        for k, i in enumerate(res["index"].tolist())],
+    }
+    if extra["stability"]:
+        results["stability"] = stability(model, samples, store, cfg, device, dtype, train_counts)
+    out = extra["out"] or os.path.join(cfg.results_dir, "evaluation_results.json" if extra["split"] == "test"
+                                       else "validation_results.json")
+    utils.atomic_save(results, out)
+    plot_confusion(res, decoded[cfg.rule], os.path.join(cfg.results_dir, "confusion_matrices", "confusion_matrices.png"))
+    plot_per_number(results["per_number"], os.path.join(cfg.results_dir, "per_class_accuracy.png"),
+                    f"{extra['split']} accuracy per number ({cfg.rule})")
+    print_summary(results)
+    log.info("wrote %s", out)
+    return results
+
+
+def print_summary(results):
+    log.info("%-15s %8s %8s %8s %8s %8s", "rule", "number%", "tens%", "units%", "conf", "changed")
+    for name, m in results["rules"].items():
+        log.info("%-15s %8.2f %8.2f %8.2f %8.3f %8d", name, m["accuracy"], m["tens_accuracy"], m["units_accuracy"],
+                 m["mean_confidence"], m["changed_vs_argmax"])
+    per = results["per_number"]
+    log.info("per number (%s): %s", results["rule"], ", ".join(f"{n}: {v['correct']}/{v['total']}" for n, v in per.items()))
+    if "stability" in results:
+        for mode, m in results["stability"].items():
+            log.info("stability %-13s acc %6.2f  conf %.3f  var %.4f", mode, m["accuracy"], m["mean_confidence"],
+                     m["confidence_variance"])
+
+
+if __name__ == "__main__":
+    main()

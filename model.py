@@ -1,0 +1,196 @@
+"""JerseyTemporalNet: ResNet backbone + spatial attention -> 2-layer BiLSTM -> temporal attention -> digit heads.
+
+    frames [B, T, 3, H, W]
+      -> ResNet-18/34/50 trunk (first `freeze_fraction` of its parameter tensors frozen)     per frame
+      -> spatial attention (1x1 conv C->C/8, BN, ReLU, 1x1 conv ->1, sigmoid) x features, global avg pool
+      -> BiLSTM (2 layers, hidden 256, dropout 0.3)                                          over time
+      -> temporal attention (Linear 2H->H, tanh, Linear ->1, masked softmax over T), weighted sum
+      -> head 'digits':        tens (11 = digits + empty) and units (11) residual MLP heads
+         head 'compositional': tens, units and single-digit scores (10 each) composed into one
+                               softmax over all numbers 0..99: s(N) = single(N) if N < 10 else
+                               tens(N // 10) + units(N % 10)   (no empty class, cf. Grad 2025)
+"""
+import socket
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+EMPTY = 10
+BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+
+
+def _resnet(name: str, pretrained: bool) -> tuple[nn.Module, bool]:
+    ctor = getattr(torchvision.models, name)
+    if not pretrained:
+        return ctor(weights=None), False
+    weights = torchvision.models.get_model_weights(ctor).DEFAULT
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(15)  # offline machines fail fast instead of hanging on the download
+    try:
+        return ctor(weights=weights), True
+    except Exception as err:  # noqa: BLE001 - no cache and no network: train from scratch, say so once
+        warnings.warn(f"ImageNet weights for {name} unavailable ({type(err).__name__}: {str(err)[:120]}); "
+                      f"using random initialisation. Put {weights.url.rsplit('/', 1)[-1]} in "
+                      f"{torch.hub.get_dir()}/checkpoints to use them.", stacklevel=2)
+        return ctor(weights=None), False
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+class SpatialAttention(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(c, c // 8, 1), nn.BatchNorm2d(c // 8), nn.ReLU(inplace=True),
+                                 nn.Conv2d(c // 8, 1, 1), nn.Sigmoid())
+
+    def forward(self, x):
+        return x * self.net(x)
+
+
+class TemporalAttention(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(dim, dim // 2), nn.Tanh(), nn.Linear(dim // 2, 1))
+
+    def forward(self, h, mask):
+        s = self.score(h).squeeze(-1).float()
+        if mask is not None:
+            s = s.masked_fill(~mask, float("-inf"))
+        w = torch.softmax(s, dim=1)
+        return (w.unsqueeze(-1).to(h.dtype) * h).sum(1), w
+
+
+class DigitHead(nn.Module):
+    """Linear-BN-ReLU-dropout-Linear-BN plus a linear shortcut, ReLU, dropout, Linear -> classes."""
+
+    def __init__(self, dim: int, hidden: int, classes: int, dropout: float):
+        super().__init__()
+        self.main = nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                                  nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden))
+        self.shortcut = nn.Linear(dim, hidden)
+        self.out = nn.Sequential(nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, classes))
+
+    def forward(self, x):
+        return self.out(self.main(x) + self.shortcut(x))
+
+
+class JerseyTemporalNet(nn.Module):
+    def __init__(self, backbone="resnet18", pretrained=True, freeze_fraction=0.6, spatial_attention=True,
+                 temporal_attention=True, lstm_hidden=256, lstm_layers=2, dropout=0.3, head_hidden=256,
+                 head="digits", channels_last=False):
+        super().__init__()
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {list(BACKBONES)}, got {backbone!r}")
+        resnet, self.pretrained_loaded = _resnet(backbone, pretrained)
+        self.backbone = nn.Sequential(*list(resnet.children())[:-2])  # drop avgpool and fc
+        c = BACKBONES[backbone]
+        self.spatial = SpatialAttention(c) if spatial_attention else nn.Identity()
+        self.lstm = nn.LSTM(c, lstm_hidden, lstm_layers, batch_first=True, bidirectional=True,
+                            dropout=dropout if lstm_layers > 1 else 0.0)
+        d = 2 * lstm_hidden
+        self.temporal = TemporalAttention(d) if temporal_attention else None
+        self.head_type = head
+        if head == "digits":
+            self.tens = DigitHead(d, head_hidden, 11, dropout)
+            self.units = DigitHead(d, head_hidden, 11, dropout)
+        elif head == "compositional":
+            self.tens = DigitHead(d, head_hidden, 10, dropout)
+            self.units = DigitHead(d, head_hidden, 10, dropout)
+            self.single = DigitHead(d, head_hidden, 10, dropout)
+        else:
+            raise ValueError(f"head must be 'digits' or 'compositional', got {head!r}")
+        self.channels_last = channels_last
+        self.freeze_backbone(freeze_fraction)
+
+    def freeze_backbone(self, fraction: float) -> int:
+        """Freeze the first `fraction` of the backbone's parameter tensors (unfreeze the rest); returns count."""
+        params = list(self.backbone.parameters())
+        k = int(len(params) * fraction)
+        for i, p in enumerate(params):
+            p.requires_grad = i >= k
+        return k
+
+    def unfreeze(self, fraction: float) -> int:
+        """Make the last `fraction` of the backbone trainable (e.g. 0.6 after a warm-up); returns frozen count."""
+        return self.freeze_backbone(1.0 - fraction)
+
+    def encode(self, x, mask=None):
+        """[B, T, 3, H, W] -> sequence embedding [B, 2H] and temporal attention weights [B, T]."""
+        B, T = x.shape[:2]
+        f = x.flatten(0, 1)
+        if self.channels_last:
+            f = f.contiguous(memory_format=torch.channels_last)
+        f = self.spatial(self.backbone(f)).mean((2, 3)).view(B, T, -1)
+        if mask is not None and not bool(mask.all()):
+            lengths = mask.sum(1).clamp(min=1).cpu()
+            packed = nn.utils.rnn.pack_padded_sequence(f, lengths, batch_first=True, enforce_sorted=False)
+            h, _ = self.lstm(packed)
+            h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=T)
+        else:
+            h, _ = self.lstm(f)
+        if self.temporal is not None:
+            return self.temporal(h, mask)
+        m = torch.ones(B, T, device=x.device) if mask is None else mask.float()
+        w = m / m.sum(1, keepdim=True)
+        return (w.unsqueeze(-1).to(h.dtype) * h).sum(1), w
+
+    def forward(self, x, mask=None):
+        z, attn = self.encode(x, mask)
+        if self.head_type == "digits":
+            return {"tens": self.tens(z), "units": self.units(z), "attention": attn}
+        return {"number": compose_scores(self.tens(z), self.units(z), self.single(z)), "attention": attn}
+
+    @torch.inference_mode()
+    def predict(self, x, mask=None):
+        """Numbers, confidences, per-digit probabilities and attention for a batch (argmax decoding)."""
+        was_training = self.training
+        self.eval()
+        out = self(x, mask)
+        self.train(was_training)
+        p_num, p_tens, p_units = probabilities(out)
+        conf, number = p_num.max(1)
+        return {"number": number, "confidence": conf, "tens_probs": p_tens, "units_probs": p_units,
+                "number_probs": p_num, "attention": out["attention"].float()}
+
+
+def compose_scores(tens, units, single):
+    """Scores over 0..99: single(N) for N < 10, tens(N // 10) + units(N % 10) for N >= 10."""
+    two = (tens[:, 1:, None] + units[:, None, :]).flatten(1)  # tens 1..9 x units 0..9 -> numbers 10..99
+    return torch.cat([single, two], 1)
+
+
+def probabilities(out):
+    """(p_number [B, 100], p_tens [B, 11] with index 10 = empty, p_units [B, 10]) for either head."""
+    if "number" in out:
+        p_num = torch.softmax(out["number"].float(), 1)
+        p_tens = torch.cat([p_num[:, 10:].view(-1, 9, 10).sum(2), p_num[:, :10].sum(1, keepdim=True)], 1)
+        p_tens = torch.cat([torch.zeros_like(p_tens[:, :1]), p_tens], 1)  # tens digit 0 never exists
+        p_units = p_num[:, :10] + p_num[:, 10:].view(-1, 9, 10).sum(1)
+        return p_num, p_tens, p_units
+    p_tens = torch.softmax(out["tens"].float(), 1)
+    p_units = torch.softmax(out["units"].float()[:, :10], 1)  # units 'empty' is not a digit
+    return number_probs(p_tens, p_units), p_tens, p_units
+
+
+def number_probs(p_tens, p_units):
+    """Joint distribution over 0..99 from independent digit heads; tens 0 and tens empty both give N < 10."""
+    single = (p_tens[:, EMPTY] + p_tens[:, 0]).unsqueeze(1) * p_units
+    two = (p_tens[:, 1:10, None] * p_units[:, None, :]).flatten(1)
+    return torch.cat([single, two], 1)
+
+
+def build(cfg, pretrained: bool | None = None) -> JerseyTemporalNet:
+    """The one place a model is made from a config (train, evaluate, analyze and checkpoints use it)."""
+    return JerseyTemporalNet(backbone=cfg.backbone, pretrained=cfg.pretrained if pretrained is None else pretrained,
+                             freeze_fraction=cfg.freeze_fraction, spatial_attention=cfg.spatial_attention,
+                             temporal_attention=cfg.temporal_attention, lstm_hidden=cfg.lstm_hidden,
+                             lstm_layers=cfg.lstm_layers, dropout=cfg.dropout, head_hidden=cfg.head_hidden,
+                             head=cfg.head, channels_last=cfg.channels_last)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    return total, sum(p.numel() for p in model.parameters() if p.requires_grad)

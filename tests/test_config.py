@@ -1,0 +1,73 @@
+import pytest
+
+import config
+
+
+def test_defaults_match_spec():
+    cfg, _ = config.load([], env_file="/nonexistent")
+    assert cfg.train_classes == [4, 6, 8, 9, 49, 66, 89] and cfg.test_classes == [48, 64, 88]
+    assert (cfg.batch_size, cfg.epochs, cfg.lr, cfg.beta) == (16, 30, 1e-3, 0.9999)
+
+
+def test_cli_overrides_types_and_lists(tmp_path):
+    cfg, extra = config.load(["--data_root", str(tmp_path), "--epochs=5", "--lr=0.01", "--amp=false",
+                              "--train_classes=4,6,49", "--channels_last", "--checkpoint=x.pth"],
+                             extras={"checkpoint": ""}, env_file="/nonexistent")
+    assert cfg.data_root == str(tmp_path) and cfg.epochs == 5 and cfg.lr == 0.01
+    assert cfg.amp is False and cfg.channels_last is True and cfg.train_classes == [4, 6, 49]
+    assert extra["checkpoint"] == "x.pth"
+    assert {"epochs", "lr", "amp", "train_classes", "data_root"} <= cfg._explicit
+
+
+def test_env_file_then_cli(tmp_path):
+    env = tmp_path / ".env"
+    env.write_text("EPOCHS=7\nJERSEY_BATCH_SIZE=4\n")
+    cfg, _ = config.load([], env_file=str(env))
+    assert cfg.epochs == 7 and cfg.batch_size == 4
+    cfg, _ = config.load(["--epochs=2"], env_file=str(env))
+    assert cfg.epochs == 2 and cfg.batch_size == 4
+
+
+def test_validation_reports_all_errors_at_once():
+    with pytest.raises(SystemExit) as e:
+        config.load(["--data_root=/no/such/dir", "--test_classes=4,48", "--val_split=1.5", "--train_classes=4,120"],
+                    env_file="/nonexistent")
+    msg = str(e.value)
+    assert "does not exist" in msg and "overlap" in msg and "val_split" in msg and "0..99" in msg
+
+
+def test_unknown_and_bad_values_are_clear():
+    with pytest.raises(SystemExit, match="did you mean --epochs"):
+        config.load(["--epoch=3"], env_file="/nonexistent")
+    with pytest.raises(SystemExit, match="epochs"):
+        config.load(["--epochs=three"], env_file="/nonexistent")
+    with pytest.raises(SystemExit, match="backbone"):
+        config.load(["--backbone=vgg"], env_file="/nonexistent")
+
+
+def test_cuda_fallback_warning():
+    import torch
+    cfg, _ = config.load(["--device=cuda"], env_file="/nonexistent")
+    if not torch.cuda.is_available():
+        assert any("falling back to CPU" in w for w in cfg.warnings())
+        assert cfg.resolved_device() == "cpu"
+
+
+def test_digit_coverage():
+    cfg, _ = config.load(["--test_classes=48,64,88,27"], env_file="/nonexistent")
+    cov = cfg.digit_coverage()
+    assert cov[48] == {"tens": 4, "tens_seen": True, "units": 8, "units_seen": True}
+    assert cov[27]["tens_seen"] is False and cov[27]["units_seen"] is False
+
+
+def test_method_preset_respects_explicit_fields():
+    cfg, _ = config.load(["--method=suppress"], env_file="/nonexistent")
+    assert cfg.empty_suppression == 0.001
+    cfg, _ = config.load(["--method=suppress", "--empty_suppression=0.1"], env_file="/nonexistent")
+    assert cfg.empty_suppression == 0.1
+
+
+def test_roundtrip_dict():
+    cfg, _ = config.load(["--epochs=3"], env_file="/nonexistent")
+    again = config.from_dict({**config.to_dict(cfg), "unknown_future_key": 1})
+    assert again.epochs == 3 and again.train_classes == cfg.train_classes

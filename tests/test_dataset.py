@@ -1,0 +1,143 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import dataset
+from dataset import EMPTY, decompose, reconstruct, select_frames
+
+
+def test_decompose_reconstruct_all_numbers():
+    for n in range(100):
+        t, u = decompose(n)
+        assert (t == EMPTY) == (n < 10) and 0 <= u <= 9
+        assert reconstruct(t, u) == n
+    t = torch.tensor([decompose(n)[0] for n in range(100)])
+    u = torch.tensor([decompose(n)[1] for n in range(100)])
+    assert torch.equal(reconstruct(t, u), torch.arange(100))
+    assert decompose(48) == (4, 8) and decompose(7) == (10, 7)
+
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "random", "center"])
+def test_anchor_first_and_distinct(strategy):
+    idx = select_frames(12, anchor=7, seq_len=5, strategy=strategy, rng=RNG)
+    assert len(idx) == 5 and idx[0] == 7 and 7 not in idx[1:] and len(set(idx)) == 5
+
+
+def test_strategies_pick_expected_frames():
+    assert select_frames(9, None, 3, "uniform", RNG) == [0, 4, 8]
+    assert select_frames(9, None, 3, "center", RNG) == [3, 4, 5]
+    assert select_frames(9, 0, 3, "center", RNG) == [0, 4, 5]  # window over non-anchor frames 1..8
+    r = select_frames(20, None, 4, "random", RNG)
+    assert r == sorted(r) and len(set(r)) == 4
+
+
+def test_short_folders_repeat_last_frame():
+    assert select_frames(2, None, 5, "uniform", RNG) == [0, 1, 1, 1, 1]
+    assert select_frames(3, 2, 5, "uniform", RNG) == [2, 0, 1, 1, 1]
+    assert select_frames(1, 0, 4, "random", RNG) == [0, 0, 0, 0]
+    assert select_frames(2, None, 5, "uniform", RNG, pad=False) == [0, 1]
+
+
+def test_unknown_strategy_raises():
+    with pytest.raises(ValueError):
+        select_frames(10, None, 3, "bogus", RNG)
+
+
+def test_crawl_counts_skips(tiny_root):
+    os.makedirs(tiny_root / "abc" / "s" / "0")
+    os.makedirs(tiny_root / "100" / "s" / "0")
+    os.makedirs(tiny_root / "4" / "player_9_seq_9" / "0")  # empty sub-tracklet
+    (tiny_root / "48" / "player_0_seq_0" / "0" / "notes.txt").write_text("x")
+    samples, skipped = dataset.crawl(str(tiny_root))
+    assert len(samples) == 12 and {s.number for s in samples} == {4, 48, 49}
+    assert skipped["folder name not a number 0..99"] == 2 and skipped["empty sub-tracklet folder"] == 1
+    with_anchor = [s for s in samples if s.anchor is not None]
+    assert len(with_anchor) == 6 and all("_anchor" in s.frames[s.anchor] for s in with_anchor)
+    only_4, _ = dataset.crawl(str(tiny_root), [4])
+    assert {s.number for s in only_4} == {4}
+
+
+def test_frame_store_decodes_once_and_skips_unreadable(tiny_root, tmp_path):
+    bad = tiny_root / "4" / "player_0_seq_0" / "1" / "1_999_0.jpg"
+    bad.write_bytes(b"not a jpeg")
+    samples, skipped = dataset.crawl(str(tiny_root))
+    store = dataset.FrameStore(samples, 32, 2.0, str(tmp_path / "cache"))
+    assert store.frames.shape[1:] == (32, 32, 3) and store.frames.dtype == np.uint8
+    cleaned = store.drop_unreadable(samples, skipped)
+    assert skipped["unreadable image"] == 1 and len(cleaned) == len(samples)
+    assert len(list((tmp_path / "cache").glob("frames_*.npz"))) == 1
+    again = dataset.FrameStore(samples, 32, 2.0, str(tmp_path / "cache"))  # from the cache
+    assert np.array_equal(again.frames, store.frames)
+
+
+def test_dataset_items_and_collate(tiny_root, tmp_path):
+    samples, _ = dataset.crawl(str(tiny_root))
+    store = dataset.FrameStore(samples, 32, 2.0)
+    ds = dataset.TrackletDataset(samples, store, seq_len=5, strategy="uniform", use_anchor=True)
+    frames, t, u, n, i = ds[0]
+    assert frames.shape == (5, 32, 32, 3) and (t, u) == decompose(n)
+    var = dataset.TrackletDataset(samples, store, seq_len=5, strategy="uniform", pad=False)
+    batch = dataset.collate([var[k] for k in range(4)])
+    lengths = [min(5, len(samples[k].frames)) for k in range(4)]
+    assert batch["frames"].shape == (4, max(lengths), 32, 32, 3)
+    assert batch["mask"].sum(1).tolist() == lengths
+
+
+def test_eval_without_anchor_never_uses_anchor_frame(tiny_root):
+    samples, _ = dataset.crawl(str(tiny_root))
+    ds = dataset.TrackletDataset(samples, dataset.FrameStore(samples, 32, 2.0), 5, "uniform", use_anchor=False)
+    for k, s in enumerate(samples):
+        if s.anchor is not None:
+            assert s.anchor not in ds.frame_indices(k)
+
+
+def test_effective_number_weights_by_hand():
+    labels = [0] * 100 + [1] * 10 + [EMPTY] * 1000
+    w = dataset.class_weights(labels, 11, "effective_number", beta=0.99, absent_weight=0.001, empty_index=EMPTY,
+                              empty_suppression=0.1, sqrt=False)
+    eff = lambda n: (1 - 0.99) / (1 - 0.99 ** n)  # noqa: E731
+    assert w[0].item() == pytest.approx(eff(100)) and w[1].item() == pytest.approx(eff(10))
+    assert w[EMPTY].item() == pytest.approx(eff(1000) * 0.1) and w[5].item() == pytest.approx(0.001)
+    ws = dataset.class_weights(labels, 11, "effective_number", beta=0.99, empty_index=EMPTY, empty_suppression=0.1)
+    assert torch.allclose(ws, w.sqrt())
+
+
+def test_balanced_weights_by_hand():
+    w = dataset.class_weights([0, 0, 0, 1], 3, "balanced", absent_weight=0.5, sqrt=False)
+    assert w.tolist() == pytest.approx([4 / (2 * 3), 4 / (2 * 1), 0.5])
+
+
+def test_compose_batch_labels_and_layout():
+    torch.manual_seed(0)
+    B, T, H, W = 8, 2, 16, 16
+    number = torch.tensor([4, 6, 8, 9, 4, 6, 49, 66])
+    x = torch.zeros(B, T, 3, H, W)
+    for k in range(B):
+        x[k] = number[k] / 100.0  # each tracklet is a flat image whose value encodes its number
+    tens, units = zip(*map(decompose, number.tolist()))
+    xt, t, u, n = dataset.compose_batch(x, torch.tensor(tens), torch.tensor(units), number, prob=1.0,
+                                        width=(0.5, 0.5))
+    changed = (n != number) | (xt != x).flatten(1).any(1)
+    assert changed.any()
+    for k in torch.nonzero(n >= 10).flatten():
+        if n[k] in (49, 66) and torch.equal(xt[k], x[k]):
+            continue  # an untouched real two-digit tracklet
+        a, b = divmod(int(n[k]), 10)
+        assert (t[k], u[k]) == (a, b)
+        assert xt[k, 0, 0, H // 2, 2].item() == pytest.approx(a / 100, abs=1e-5)       # left half: digit a
+        assert xt[k, 0, 0, H // 2, W - 3].item() == pytest.approx(b / 100, abs=1e-5)   # right half: digit b
+    _, _, _, n2 = dataset.compose_batch(x, torch.tensor(tens), torch.tensor(units), number, prob=1.0,
+                                        exclude=[44, 46, 48, 49, 64, 66, 68, 69, 84, 86, 88, 89, 94, 96, 98, 99,
+                                                 64, 66, 68, 69])
+    assert not set(n2.tolist()) - {4, 6, 8, 9, 49, 66}
+
+
+def test_augment_keeps_shape_and_range():
+    x = torch.rand(2, 3, 3, 32, 32)
+    y = dataset.augment(x)
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1 and not torch.equal(x, y)

@@ -1,0 +1,82 @@
+import torch
+
+import config
+import evaluate as ev
+import train
+from dataset import EMPTY
+
+
+def probs(tens: dict, units: dict):
+    """Crafted distributions: {class: p}; the rest spread evenly."""
+    def dist(d, k):
+        p = torch.full((k,), (1 - sum(d.values())) / (k - len(d)))
+        for c, v in d.items():
+            p[c] = v
+        return p
+    return dist(tens, 11)[None], dist(units, 10)[None]
+
+
+def number(fn, *a, **kw):
+    return int(ev.dataset.reconstruct(*fn(*a, **kw))[0])
+
+
+def test_argmax():
+    assert number(ev.rule_argmax, *probs({4: 0.6}, {8: 0.9})) == 48
+    assert number(ev.rule_argmax, *probs({EMPTY: 0.6}, {8: 0.9})) == 8
+
+
+def test_anti_empty():
+    pt, pu = probs({EMPTY: 0.5, 6: 0.3}, {4: 0.9})
+    assert number(ev.rule_anti_empty, pt, pu, 0.55) == 64   # weak empty -> best digit
+    pt, pu = probs({EMPTY: 0.6, 6: 0.3}, {4: 0.9})
+    assert number(ev.rule_anti_empty, pt, pu, 0.55) == 4    # confident empty stays
+
+
+def test_confidence_rule():
+    assert number(ev.rule_confidence, *probs({4: 0.5}, {8: 0.9})) == 48
+    assert number(ev.rule_confidence, *probs({4: 0.5}, {8: 0.4})) == 8   # unsure units: units alone
+    assert number(ev.rule_confidence, *probs({4: 0.09}, {8: 0.9})) == 8  # unsure tens: units alone
+
+
+def test_same_digit_rule():
+    assert number(ev.rule_same_digit, *probs({8: 0.5, 4: 0.3}, {8: 0.9}), 0.7) == 48
+    assert number(ev.rule_same_digit, *probs({8: 0.8, 4: 0.1}, {8: 0.9}), 0.7) == 88
+    assert number(ev.rule_same_digit, *probs({4: 0.5, 8: 0.3}, {8: 0.9}), 0.7) == 48
+
+
+def test_vote_majority():
+    pt, pu = probs({EMPTY: 0.45, 6: 0.4}, {4: 0.9})
+    # thresholds 0.3, 0.4 keep empty (p >= th); 0.5, 0.6 switch to 6: tie -> more probable number
+    assert number(ev.rule_vote, pt, pu, (0.3, 0.4, 0.5, 0.6)) == 4
+    assert number(ev.rule_vote, pt, pu, (0.5, 0.6, 0.7)) == 64
+
+
+def test_logit_adjustment_tau_zero_changes_nothing():
+    torch.manual_seed(0)
+    pt = torch.softmax(torch.randn(200, 11) * 3, 1)
+    pu = torch.softmax(torch.randn(200, 10), 1)
+    prior = train.log_prior([EMPTY] * 90 + [4] * 5 + [6] * 5, 11)
+    t0, _ = ev.rule_logit_adjusted(pt, pu, prior, tau=0.0)
+    assert torch.equal(t0, pt.argmax(1))
+    t1, _ = ev.rule_logit_adjusted(pt, pu, prior, tau=1.0)
+    assert (t1 != EMPTY).sum() >= (t0 != EMPTY).sum()  # subtracting the prior favours real digits
+
+
+def test_logit_adjustment_flips_weak_empty():
+    pt, pu = probs({EMPTY: 0.7, 4: 0.25}, {8: 0.9})
+    prior = train.log_prior([EMPTY] * 94 + [4] * 6, 11)
+    assert number(ev.rule_logit_adjusted, pt, pu, prior, 1.0) == 48
+
+
+def test_decode_all_and_metrics():
+    cfg = config.Config()
+    pt, pu = probs({EMPTY: 0.5, 4: 0.4}, {8: 0.9})
+    pt, pu = pt.repeat(2, 1), pu.repeat(2, 1)
+    res = {"p_tens": pt, "p_units": pu, "tens": torch.tensor([4, 4]), "units": torch.tensor([8, 8]),
+           "number": torch.tensor([48, 48])}
+    rules, decoded = ev.score(res, cfg, {4: 10, 49: 1})
+    assert set(rules) == set(ev.RULES)
+    assert rules["argmax"]["accuracy"] == 0.0 and rules["anti_empty"]["accuracy"] == 100.0
+    assert rules["anti_empty"]["changed_vs_argmax"] == 2
+    assert rules["anti_empty"]["per_number"]["48"] == {"total": 2, "correct": 2, "accuracy": 100.0}
+    assert 0 < rules["anti_empty"]["mean_confidence"] < 1

@@ -1,0 +1,362 @@
+"""Train JerseyTemporalNet on the training numbers; validate on a held-back split of the same numbers.
+
+    python train.py                                   # embedded synthetic data, full recipe
+    python train.py --synth_scale=0.1 --epochs=3      # a few minutes on a laptop CPU
+    python train.py --data_root=/data/jersey --device=cuda --epochs=30
+    python train.py --resume                          # continue from checkpoints/last.pth
+"""
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import config
+import dataset
+import model as model_lib
+import utils
+from dataset import EMPTY, decompose
+
+log = utils.log
+
+
+class Criterion:
+    """Weighted, label-smoothed cross-entropy per head, summed; optional logit-adjusted / balanced-softmax
+    loss (Menon et al. 2021, Ren et al. 2020): logits + tau * log(prior) during training only."""
+
+    def __init__(self, cfg, train_numbers, device):
+        self.head, self.smoothing = cfg.head, cfg.label_smoothing
+        tau = {"ce": 0.0, "logit_adjusted": cfg.loss_tau, "balanced_softmax": 1.0}[cfg.loss]
+        kw = dict(method=cfg.class_weight, beta=cfg.beta, absent_weight=cfg.absent_weight, sqrt=cfg.sqrt_weights)
+        if cfg.head == "digits":
+            tens, units = zip(*map(decompose, train_numbers))
+            self.weights = {"tens": dataset.class_weights(tens, 11, empty_index=EMPTY,
+                                                          empty_suppression=cfg.empty_suppression, **kw),
+                            "units": dataset.class_weights(units, 11, **kw)}
+            self.shift = {"tens": tau * log_prior(tens, 11), "units": tau * log_prior(units, 11)}
+        else:
+            self.weights = {"number": dataset.class_weights(train_numbers, 100, **kw)}
+            self.shift = {"number": tau * log_prior(train_numbers, 100)}
+        self.weights = {k: v.to(device) for k, v in self.weights.items()}
+        self.shift = {k: v.to(device) for k, v in self.shift.items()}
+
+    def __call__(self, out, tens, units, number):
+        targets = {"tens": tens, "units": units, "number": number}
+        return sum(F.cross_entropy(out[k].float() + self.shift[k], targets[k], weight=self.weights[k],
+                                   label_smoothing=self.smoothing) for k in self.weights)
+
+
+def log_prior(labels, num_classes):
+    """log class frequencies; absent classes get the rarest present frequency so their logits stay anchored."""
+    counts = torch.bincount(torch.as_tensor(labels), minlength=num_classes).float()
+    counts[counts == 0] = counts[counts > 0].min()
+    return (counts / counts.sum()).log()
+
+
+def make_loaders(cfg, train_samples, val_samples, store, device):
+    g = torch.Generator()
+    g.manual_seed(cfg.seed)
+    kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=dataset.collate,
+              pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
+    train_ds = dataset.TrackletDataset(train_samples, store, cfg.seq_len, cfg.train_sampling, cfg.use_anchor)
+    val_ds = dataset.TrackletDataset(val_samples, store, cfg.seq_len, cfg.eval_sampling, cfg.use_anchor)
+    # drop_last: a batch of one breaks BatchNorm in the heads
+    train = DataLoader(train_ds, shuffle=True, generator=g, drop_last=len(train_ds) > cfg.batch_size, **kw)
+    return train, DataLoader(val_ds, shuffle=False, **kw)
+
+
+def prepare_batch(batch, cfg, device, train: bool):
+    """uint8 frames -> normalised float input (+ composition and augmentation in training)."""
+    x = dataset.to_input(batch["frames"], device)
+    tens, units, number = (batch[k].to(device) for k in ("tens", "units", "number"))
+    if train:
+        if cfg.compose_prob > 0:
+            x, tens, units, number = dataset.compose_batch(x, tens, units, number, cfg.compose_prob,
+                                                           cfg.compose_exclude)
+        x = dataset.augment(x)
+    return dataset.normalize(x), batch["mask"].to(device), tens, units, number
+
+
+def train_one_epoch(model, criterion, optimizer, loader, device, dtype, scaler, cfg, epoch):
+    model.train()
+    totals = {"loss": 0.0, "n": 0, "skipped_steps": 0}
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs} train", leave=False, dynamic_ncols=True)
+    for step, batch in enumerate(bar):
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+        x, mask, tens, units, number = prepare_batch(batch, cfg, device, train=True)
+        mix = cfg.mixup_alpha > 0 and random.random() < cfg.mixup_prob
+        lam, perm = (np.random.beta(cfg.mixup_alpha, cfg.mixup_alpha), torch.randperm(x.shape[0], device=device)) \
+            if mix else (1.0, None)
+        if mix:
+            x = lam * x + (1 - lam) * x[perm]
+        with utils.autocast(device, dtype):
+            out = model(x, mask)
+        loss = lam * criterion(out, tens, units, number)
+        if mix:
+            loss = loss + (1 - lam) * criterion(out, tens[perm], units[perm], number[perm])
+        if not torch.isfinite(loss):
+            # one bad batch should not poison the weights; many in a row means the run is broken
+            totals["skipped_steps"] += 1
+            if totals["skipped_steps"] > 10:
+                raise FloatingPointError("loss was NaN/inf on more than 10 steps; stopping (last good "
+                                         "checkpoint kept). Try a lower --lr or --amp=false.")
+            optimizer.zero_grad(set_to_none=True)
+            continue
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        totals["loss"] += loss.item() * x.shape[0]
+        totals["n"] += x.shape[0]
+        bar.set_postfix(loss=f"{totals['loss'] / totals['n']:.3f}")
+    return {"loss": totals["loss"] / max(totals["n"], 1), "skipped_steps": totals["skipped_steps"]}
+
+
+@torch.inference_mode()
+def predict_loader(model, loader, device, dtype, cfg, criterion=None, desc="eval"):
+    """Run the model over a loader; returns probabilities, labels, attention and (optionally) the mean loss."""
+    model.eval()
+    keep = {k: [] for k in ("p_num", "p_tens", "p_units", "tens", "units", "number", "index", "attention", "logits")}
+    loss_sum, n = 0.0, 0
+    for step, batch in enumerate(tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)):
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+        x, mask, tens, units, number = prepare_batch(batch, cfg, device, train=False)
+        with utils.autocast(device, dtype):
+            out = model(x, mask)
+        if criterion is not None:
+            loss_sum += criterion(out, tens, units, number).item() * x.shape[0]
+        n += x.shape[0]
+        p_num, p_tens, p_units = model_lib.probabilities(out)
+        logits = out["tens"].float() if "tens" in out else out["number"].float()
+        for k, v in zip(keep, (p_num, p_tens, p_units, tens, units, number, batch["index"], out["attention"], logits)):
+            keep[k].append(v.float().cpu() if v.is_floating_point() else v.cpu())
+    res = {k: torch.cat(v) if v else torch.empty(0) for k, v in keep.items()}
+    res["loss"] = loss_sum / max(n, 1)
+    return res
+
+
+def digit_metrics(res) -> dict:
+    """Accuracy in percent: whole number (argmax of the joint), tens, units, both digits."""
+    if len(res["number"]) == 0:
+        return {"acc": 0.0, "tens_acc": 0.0, "units_acc": 0.0, "both_acc": 0.0}
+    pred_num = res["p_num"].argmax(1)
+    pred_t, pred_u = res["p_tens"].argmax(1), res["p_units"].argmax(1)
+    true_t = res["tens"].clone()
+    pct = lambda b: 100.0 * b.float().mean().item()  # noqa: E731
+    return {"acc": pct(pred_num == res["number"]), "tens_acc": pct(pred_t == true_t),
+            "units_acc": pct(pred_u == res["units"]), "both_acc": pct((pred_t == true_t) & (pred_u == res["units"]))}
+
+
+def checkpoint_state(model, optimizer, scheduler, scaler, cfg, epoch, best_acc, history, stopper, extra=None):
+    np_state = np.random.get_state()
+    return {
+        "version": utils.CHECKPOINT_VERSION, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "best_acc": best_acc,
+        "history": history, "config": config.to_dict(cfg), "early_stopping": dict(stopper),
+        "rng": {"torch": torch.get_rng_state(), "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                                                         *np_state[2:]],
+                "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        **(extra or {}),
+    }
+
+
+def restore_rng(rng):
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state((rng["numpy"][0], rng["numpy"][1].numpy().astype(np.uint32), *rng["numpy"][2:]))
+    random.setstate(_tuplify(rng["python"]))
+    if rng.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _tuplify(x):
+    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def plot_curves(history, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    if not history:
+        return
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    ax[0].plot(ep, [h["train_loss"] for h in history], label="train")
+    ax[0].plot(ep, [h["val_loss"] for h in history], label="val")
+    ax[0].set(title="loss", xlabel="epoch")
+    for k in ("acc", "tens_acc", "units_acc"):
+        ax[1].plot(ep, [h[f"val_{k}"] for h in history], label=f"val {k}")
+    ax[1].set(title="validation accuracy (%)", xlabel="epoch", ylim=(0, 100))
+    for a in ax:
+        a.legend()
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def log_tensorboard(writer, row, lr):
+    if writer is None:
+        return
+    e = row["epoch"]
+    writer.add_scalar("Loss/train", row["train_loss"], e)
+    writer.add_scalar("Loss/val", row["val_loss"], e)
+    writer.add_scalars("Loss/train_vs_val", {"train": row["train_loss"], "val": row["val_loss"]}, e)
+    for k in ("acc", "tens_acc", "units_acc", "both_acc"):
+        writer.add_scalar(f"Accuracy/val_{k}", row[f"val_{k}"], e)
+    writer.add_scalar("LR", lr, e)
+    writer.flush()
+
+
+def make_writer(cfg, run_name):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("warning: tensorboard not installed; no TensorBoard logs")
+        return None
+    return SummaryWriter(os.path.join(cfg.log_dir, run_name))
+
+
+class _GraphView(torch.nn.Module):
+    """The tracer wants tuples, not dicts, as outputs."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return tuple(self.net(x).values())
+
+
+def add_graph(writer, model, example):
+    import warnings
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            writer.add_graph(_GraphView(unwrap(model)).eval(), example[:2])
+    except Exception as err:  # noqa: BLE001 - the graph is a nice-to-have; tracing can fail on some builds
+        log.warning("warning: could not add the model graph to TensorBoard (%s)", type(err).__name__)
+
+
+def main(argv=None):
+    cfg, extra = config.load(argv, extras={"resume": ""})
+    run_name = cfg.run_name or time.strftime("run_%Y%m%d_%H%M%S")
+    utils.setup_logging(os.path.join(cfg.log_dir, run_name, "train.log"))
+    utils.seed_everything(cfg.seed)
+    device = utils.device_of(cfg)
+    dtype = utils.amp_dtype(device, cfg.amp)
+    log.info("device %s, autocast %s, method %s", device, dtype or "off (float32)", cfg.method)
+
+    samples, store, skipped = utils.load_samples(cfg, cfg.train_classes)
+    train_samples, val_samples = dataset.split(samples, cfg.val_split, cfg.seed, cfg.split_by)
+    log.info("%d training / %d validation sub-tracklets of numbers %s", len(train_samples), len(val_samples),
+             cfg.train_classes)
+    for n, cov in cfg.digit_coverage().items():
+        log.info("test number %d: tens digit %s seen in training, units digit %s seen", n,
+                 "" if cov["tens_seen"] else "NOT", "" if cov["units_seen"] else "NOT")
+    train_loader, val_loader = make_loaders(cfg, train_samples, val_samples, store, device)
+
+    model = model_lib.build(cfg)
+    if cfg.pretrained and not model.pretrained_loaded and cfg.freeze_fraction > 0:
+        # frozen random filters are just noise: with no ImageNet weights every layer has to learn
+        log.warning("warning: no pretrained weights, so nothing is frozen (freeze_fraction 0)")
+        cfg.freeze_fraction = 0.0
+        model.freeze_backbone(0.0)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    total, trainable = model_lib.count_parameters(model)
+    log.info("JerseyTemporalNet(%s, head=%s): %.2fM parameters, %.2fM trainable", cfg.backbone, cfg.head,
+             total / 1e6, trainable / 1e6)
+
+    criterion = Criterion(cfg, [s.number for s in train_samples], device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    start, best_acc, history = 0, -1.0, []
+    stopper = {"best_loss": math.inf, "bad_epochs": 0}
+    ckpt_dir = cfg.checkpoint_dir
+    if extra["resume"]:
+        path = os.path.join(ckpt_dir, "last.pth") if extra["resume"] in ("1", "true", "True") else extra["resume"]
+        ck = utils.load_checkpoint(path)
+        unwrap(model).load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        start, best_acc, history, stopper = ck["epoch"] + 1, ck["best_acc"], ck["history"], ck["early_stopping"]
+        restore_rng(ck["rng"])
+        log.info("resumed from %s at epoch %d", path, start + 1)
+
+    writer = make_writer(cfg, run_name)
+    if writer is not None and start == 0:
+        b = next(iter(val_loader))
+        add_graph(writer, model, prepare_batch(b, cfg, device, train=False)[0])
+    counts = np.bincount([s.number for s in train_samples], minlength=100)
+    extras = {"skipped": dict(skipped), "train_counts": {int(n): int(c) for n, c in enumerate(counts) if c}}
+    try:
+        for epoch in range(start, cfg.epochs):
+            t0 = time.time()
+            tr = train_one_epoch(model, criterion, optimizer, train_loader, device, dtype, scaler, cfg, epoch)
+            res = predict_loader(model, val_loader, device, dtype, cfg, criterion, desc="validate")
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            m = digit_metrics(res)
+            row = {"epoch": epoch + 1, "train_loss": tr["loss"], "val_loss": res["loss"], "lr": lr,
+                   "skipped_steps": tr["skipped_steps"], "seconds": time.time() - t0,
+                   **{f"val_{k}": v for k, v in m.items()}}
+            history.append(row)
+            log_tensorboard(writer, row, lr)
+            improved = m["acc"] > best_acc
+            best_acc = max(best_acc, m["acc"])
+            if res["loss"] < stopper["best_loss"] - cfg.min_delta:
+                stopper = {"best_loss": res["loss"], "bad_epochs": 0}
+            else:
+                stopper["bad_epochs"] += 1
+            log.info("epoch %d/%d  train loss %.4f  val loss %.4f  val acc %.2f%% (tens %.2f, units %.2f)  %.0fs%s",
+                     epoch + 1, cfg.epochs, tr["loss"], res["loss"], m["acc"], m["tens_acc"], m["units_acc"],
+                     row["seconds"], "  *best*" if improved else "")
+            state = checkpoint_state(model, optimizer, scheduler, scaler, cfg, epoch, best_acc, history, stopper,
+                                     extras)
+            utils.atomic_save(state, os.path.join(ckpt_dir, "last.pth"))
+            if improved:
+                utils.atomic_save(state, os.path.join(ckpt_dir, "best_model.pth"))
+            if stopper["bad_epochs"] >= cfg.patience:
+                log.info("early stopping: validation loss has not improved for %d epochs", cfg.patience)
+                break
+    except KeyboardInterrupt:
+        log.info("interrupted: checkpoints so far are kept; continue with python train.py --resume")
+    finally:
+        plot_curves(history, os.path.join(cfg.results_dir, "training_curves.png"))
+        if writer is not None:
+            if history:
+                last = history[-1]
+                writer.add_hparams({k: v for k, v in config.to_dict(cfg).items() if isinstance(v, (int, float, str, bool))},
+                                   {"hparam/best_val_acc": best_acc, "hparam/final_val_loss": last["val_loss"]},
+                                   run_name=".")
+            writer.close()
+    log.info("best validation accuracy %.2f%%. Next:\n  python evaluate.py --checkpoint %s\n  tensorboard --logdir %s",
+             best_acc, os.path.join(ckpt_dir, "best_model.pth"), cfg.log_dir)
+    return best_acc, history
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except FloatingPointError as err:
+        sys.exit(f"error: {err}")
