@@ -45,6 +45,7 @@ class Config:
     lstm_layers: int = 2
     dropout: float = 0.3
     head_hidden: int = 256
+    reader: str = "pooled"               # pooled (SPEC) | positional (left/right halves pooled apart)
     head: str = "digits"                 # digits (tens incl. empty + units) | compositional (one softmax over 0..99)
     # training
     method: str = "original"             # preset, see METHODS / apply_method
@@ -124,6 +125,7 @@ class Config:
         choices = {
             "train_sampling": ("uniform", "random", "center"), "eval_sampling": ("uniform", "random", "center"),
             "backbone": ("resnet18", "resnet34", "resnet50"), "head": ("digits", "compositional"),
+            "reader": ("pooled", "positional"),
             "class_weight": ("effective_number", "balanced", "none"), "split_by": ("sequence", "sample"),
             "loss": ("ce", "logit_adjusted", "balanced_softmax"), "method": METHODS,
             "rule": ("argmax", "anti_empty", "confidence", "same_digit", "vote", "logit_adjusted"),

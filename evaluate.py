@@ -100,6 +100,16 @@ def decode_all(p_tens, p_units, cfg, log_prior_tens) -> dict:
     return out
 
 
+def tune_tau(res, train_counts, taus=tuple(np.round(np.arange(0, 2.01, 0.25), 2))) -> float:
+    """The tau whose logit-adjusted decoding has the best mean per-number accuracy on `res` (seen validation)."""
+    prior = tens_log_prior(train_counts)
+
+    def balanced(tau):
+        pred = dataset.reconstruct(*rule_logit_adjusted(res["p_tens"], res["p_units"], prior, tau))
+        return np.mean([v["accuracy"] for v in per_number(res["number"], pred).values()])
+    return float(max(taus, key=lambda t: (balanced(t), -t)))
+
+
 def tens_log_prior(train_counts: dict) -> torch.Tensor:
     """log prior of the tens classes (index 10 = empty) from the training counts stored in the checkpoint."""
     labels = [dataset.decompose(int(n))[0] for n, c in train_counts.items() for _ in range(int(c))]
@@ -241,19 +251,28 @@ def eval_samples(cfg, split):
     return samples, store, skipped, cfg.eval_anchor
 
 
+def run_split(model, cfg, split, device, dtype):
+    samples, store, skipped, anchor = eval_samples(cfg, split)
+    ds = dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.eval_sampling, anchor)
+    utils.seed_everything(cfg.seed)
+    return train.predict_loader(model, _loader(ds, cfg), device, dtype, cfg, desc=f"evaluate {split}"), \
+        samples, store, skipped, anchor
+
+
 def main(argv=None):
-    cfg, extra, ckpt, model = load_for_eval(argv, {"out": "", "stability": False, "split": "test"})
+    cfg, extra, ckpt, model = load_for_eval(argv, {"out": "", "stability": False, "split": "test", "tune_tau": False})
     utils.setup_logging()
     if extra["split"] not in ("test", "val"):
         raise config.ConfigError("--split must be test or val")
     device = utils.device_of(cfg)
     dtype = utils.amp_dtype(device, cfg.amp)
     model.to(device).eval()
-    samples, store, skipped, anchor = eval_samples(cfg, extra["split"])
-    ds = dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.eval_sampling, anchor)
-    utils.seed_everything(cfg.seed)
-    res = train.predict_loader(model, _loader(ds, cfg), device, dtype, cfg, desc="evaluate")
     train_counts = ckpt.get("train_counts", {})
+    res, samples, store, skipped, anchor = run_split(model, cfg, extra["split"], device, dtype)
+    if extra["tune_tau"]:  # chosen on seen-number validation only, never on the numbers being tested
+        val = res if extra["split"] == "val" else run_split(model, cfg, "val", device, dtype)[0]
+        cfg.logit_tau = tune_tau(val, train_counts)
+        log.info("logit adjustment tau %.2f (tuned on seen-number validation)", cfg.logit_tau)
     rules, decoded = score(res, cfg, train_counts)
     t, u, num, conf = decoded[cfg.rule]
     results = {

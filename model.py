@@ -3,6 +3,7 @@
     frames [B, T, 3, H, W]
       -> ResNet-18/34/50 trunk (first `freeze_fraction` of its parameter tensors frozen)     per frame
       -> spatial attention (1x1 conv C->C/8, BN, ReLU, 1x1 conv ->1, sigmoid) x features, global avg pool
+         (reader 'positional': [whole, left half, right half] pooled apart, Linear 3C->C, ReLU)
       -> BiLSTM (2 layers, hidden 256, dropout 0.3)                                          over time
       -> temporal attention (Linear 2H->H, tanh, Linear ->1, masked softmax over T), weighted sum
       -> head 'digits':        tens (11 = digits + empty) and units (11) residual MLP heads
@@ -80,7 +81,7 @@ class DigitHead(nn.Module):
 class JerseyTemporalNet(nn.Module):
     def __init__(self, backbone="resnet18", pretrained=True, freeze_fraction=0.6, spatial_attention=True,
                  temporal_attention=True, lstm_hidden=256, lstm_layers=2, dropout=0.3, head_hidden=256,
-                 head="digits", channels_last=False):
+                 head="digits", channels_last=False, reader="pooled"):
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {list(BACKBONES)}, got {backbone!r}")
@@ -88,6 +89,11 @@ class JerseyTemporalNet(nn.Module):
         self.backbone = nn.Sequential(*list(resnet.children())[:-2])  # drop avgpool and fc
         c = BACKBONES[backbone]
         self.spatial = SpatialAttention(c) if spatial_attention else nn.Identity()
+        if reader not in ("pooled", "positional"):
+            raise ValueError(f"reader must be 'pooled' or 'positional', got {reader!r}")
+        # positional: the left and right halves of the feature map are pooled apart, so where a digit
+        # sits (left = tens, right = units) survives pooling instead of being averaged away
+        self.position = nn.Sequential(nn.Linear(3 * c, c), nn.ReLU(inplace=True)) if reader == "positional" else None
         self.lstm = nn.LSTM(c, lstm_hidden, lstm_layers, batch_first=True, bidirectional=True,
                             dropout=dropout if lstm_layers > 1 else 0.0)
         d = 2 * lstm_hidden
@@ -123,7 +129,7 @@ class JerseyTemporalNet(nn.Module):
         f = x.flatten(0, 1)
         if self.channels_last:
             f = f.contiguous(memory_format=torch.channels_last)
-        f = self.spatial(self.backbone(f)).mean((2, 3)).view(B, T, -1)
+        f = self.pool(self.spatial(self.backbone(f))).view(B, T, -1)
         if mask is not None and not bool(mask.all()):
             lengths = mask.sum(1).clamp(min=1).cpu()
             packed = nn.utils.rnn.pack_padded_sequence(f, lengths, batch_first=True, enforce_sorted=False)
@@ -136,6 +142,13 @@ class JerseyTemporalNet(nn.Module):
         m = torch.ones(B, T, device=x.device) if mask is None else mask.float()
         w = m / m.sum(1, keepdim=True)
         return (w.unsqueeze(-1).to(h.dtype) * h).sum(1), w
+
+    def pool(self, fmap):
+        if self.position is None:
+            return fmap.mean((2, 3))
+        half = max(1, fmap.shape[-1] // 2)
+        parts = (fmap.mean((2, 3)), fmap[..., :half].mean((2, 3)), fmap[..., -half:].mean((2, 3)))
+        return self.position(torch.cat(parts, 1))
 
     def forward(self, x, mask=None):
         z, attn = self.encode(x, mask)
@@ -188,7 +201,7 @@ def build(cfg, pretrained: bool | None = None) -> JerseyTemporalNet:
                              freeze_fraction=cfg.freeze_fraction, spatial_attention=cfg.spatial_attention,
                              temporal_attention=cfg.temporal_attention, lstm_hidden=cfg.lstm_hidden,
                              lstm_layers=cfg.lstm_layers, dropout=cfg.dropout, head_hidden=cfg.head_hidden,
-                             head=cfg.head, channels_last=cfg.channels_last)
+                             head=cfg.head, channels_last=cfg.channels_last, reader=cfg.reader)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -48,8 +48,20 @@ class Criterion:
 
     def __call__(self, out, tens, units, number):
         targets = {"tens": tens, "units": units, "number": number}
-        return sum(F.cross_entropy(out[k].float() + self.shift[k], targets[k], weight=self.weights[k],
-                                   label_smoothing=self.smoothing) for k in self.weights)
+        return sum(weighted_ce(out[k].float() + self.shift[k], targets[k], self.weights[k], self.smoothing)
+                   for k in self.weights)
+
+
+def weighted_ce(logits, target, weight, smoothing):
+    """Class-balanced, label-smoothed CE (Cui et al.): each sample's smoothed loss times w[y], weighted mean.
+
+    Not F.cross_entropy(weight=..., label_smoothing=...): that weights the smoothing term of every class by
+    that class's own weight, so with a heavily suppressed 'empty' class the smoothing term outweighs the
+    target term and the tens head is trained towards a uniform output on single-digit numbers."""
+    logp = F.log_softmax(logits, 1)
+    loss = -(1 - smoothing) * logp.gather(1, target[:, None]).squeeze(1) - smoothing * logp.mean(1)
+    w = weight[target]
+    return (w * loss).sum() / w.sum().clamp_min(1e-12)
 
 
 def log_prior(labels, num_classes):
@@ -267,12 +279,13 @@ def main(argv=None):
     log.info("%d training / %d validation sub-tracklets of numbers %s", len(train_samples), len(val_samples),
              cfg.train_classes)
     for n, cov in cfg.digit_coverage().items():
-        log.info("test number %d: tens digit %s seen in training, units digit %s seen", n,
-                 "" if cov["tens_seen"] else "NOT", "" if cov["units_seen"] else "NOT")
+        seen = lambda ok: "seen" if ok else "NEVER SEEN"  # noqa: E731
+        log.info("test number %d: tens digit %d %s in training, units digit %d %s", n, cov["tens"] % 10,
+                 seen(cov["tens_seen"]), cov["units"], seen(cov["units_seen"]))
     train_loader, val_loader = make_loaders(cfg, train_samples, val_samples, store, device)
 
     model = model_lib.build(cfg)
-    if cfg.pretrained and not model.pretrained_loaded and cfg.freeze_fraction > 0:
+    if not model.pretrained_loaded and cfg.freeze_fraction > 0:
         # frozen random filters are just noise: with no ImageNet weights every layer has to learn
         log.warning("warning: no pretrained weights, so nothing is frozen (freeze_fraction 0)")
         cfg.freeze_fraction = 0.0

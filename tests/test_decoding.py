@@ -80,3 +80,14 @@ def test_decode_all_and_metrics():
     assert rules["anti_empty"]["changed_vs_argmax"] == 2
     assert rules["anti_empty"]["per_number"]["48"] == {"total": 2, "correct": 2, "accuracy": 100.0}
     assert 0 < rules["anti_empty"]["mean_confidence"] < 1
+
+
+def test_weighted_ce_matches_definition():
+    torch.manual_seed(0)
+    logits, target = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    w = torch.tensor([1.0, 2.0, 0.5, 0.1])
+    got = train.weighted_ce(logits, target, w, 0.0)
+    ref = torch.nn.functional.cross_entropy(logits, target, weight=w)  # identical without smoothing
+    assert torch.allclose(got, ref, atol=1e-6)
+    smooth = train.weighted_ce(logits, target, torch.ones(4), 0.1)
+    assert torch.allclose(smooth, torch.nn.functional.cross_entropy(logits, target, label_smoothing=0.1), atol=1e-6)

@@ -76,3 +76,16 @@ def test_predict_returns_numbers():
 def test_bad_backbone():
     with pytest.raises(ValueError, match="backbone"):
         JerseyTemporalNet(backbone="vgg", pretrained=False)
+
+
+def test_positional_reader_sees_left_right():
+    torch.manual_seed(0)
+    m = JerseyTemporalNet(pretrained=False, lstm_hidden=16, head_hidden=16, reader="positional").eval()
+    fmap = torch.zeros(1, 512, 2, 2)
+    fmap[..., 0] = 1.0          # activity on the left only
+    mirrored = fmap.flip(-1)    # the same activity on the right
+    assert torch.equal(fmap.mean((2, 3)), mirrored.mean((2, 3)))  # plain pooling cannot tell them apart
+    assert not torch.allclose(m.pool(fmap), m.pool(mirrored))
+    assert m(torch.randn(2, 3, 3, 32, 32))["tens"].shape == (2, 11)
+    with pytest.raises(ValueError, match="reader"):
+        JerseyTemporalNet(pretrained=False, reader="bogus")

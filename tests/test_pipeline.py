@@ -1,0 +1,101 @@
+"""Tiny end to end run: generate data -> train -> evaluate -> analyze, checking the files and keys written."""
+import json
+import os
+
+import pytest
+import torch
+
+import analyze_weights
+import evaluate
+import synth
+import train
+import utils
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    root = synth.generate(tmp / "data", counts={4: 6, 6: 6, 49: 6, 48: 3, 64: 3}, seed=0, workers=1, progress=False)
+    out = {k: str(tmp / k) for k in ("checkpoints", "results", "logs", "cache")}
+    common = [f"--data_root={root}", f"--checkpoint_dir={out['checkpoints']}", f"--results_dir={out['results']}",
+              f"--log_dir={out['logs']}", f"--cache_dir={out['cache']}", "--img_size=32", "--batch_size=4",
+              "--pretrained=false", "--train_classes=4,6,49", "--test_classes=48,64", "--val_split=0.34"]
+    best, history = train.main(common + ["--epochs=2", "--run_name=t", "--compose_prob=0.5"])
+    return tmp, out, common, best, history
+
+
+def test_training_writes_checkpoints_curves_and_tensorboard(run):
+    tmp, out, _, best, history = run
+    assert len(history) == 2 and 0 <= best <= 100
+    for name in ("best_model.pth", "last.pth"):
+        ck = utils.load_checkpoint(os.path.join(out["checkpoints"], name))
+        assert {"model", "optimizer", "scheduler", "scaler", "epoch", "best_acc", "history", "config", "rng"} <= set(ck)
+    assert ck["epoch"] == 1 and ck["config"]["img_size"] == 32 and ck["train_counts"]
+    assert os.path.getsize(os.path.join(out["results"], "training_curves.png")) > 1000
+    events = [f for _, _, fs in os.walk(out["logs"]) for f in fs if f.startswith("events.out")]
+    assert events
+    assert not [f for f in os.listdir(out["checkpoints"]) if ".tmp" in f]
+
+
+def test_evaluate_json_and_plots(run):
+    tmp, out, common, _, _ = run
+    res_path = tmp / "eval.json"
+    evaluate.main([f"--checkpoint={out['checkpoints']}/best_model.pth", f"--out={res_path}", "--stability",
+                   f"--results_dir={out['results']}", f"--cache_dir={out['cache']}"])
+    res = json.loads(res_path.read_text())
+    assert {"accuracy", "per_number", "rules", "skipped", "config", "predictions", "stability"} <= set(res)
+    assert set(res["rules"]) == set(evaluate.RULES) and set(res["per_number"]) == {"48", "64"}
+    assert sum(v["total"] for v in res["per_number"].values()) == len(res["predictions"]) == 6
+    assert res["anchor_frames_used"] is False and set(res["stability"]) == {"sequence", "anchor", "random_frame"}
+    assert res["config"]["data_root"] and res["digit_coverage"]["48"]["tens_seen"] is True
+    for p in ("confusion_matrices/confusion_matrices.png", "per_class_accuracy.png"):
+        assert os.path.getsize(os.path.join(out["results"], p)) > 1000
+
+
+def test_evaluate_validation_split(run):
+    tmp, out, _, best, _ = run
+    res = evaluate.main([f"--checkpoint={out['checkpoints']}/best_model.pth", f"--out={tmp / 'val.json'}",
+                         "--split=val", f"--results_dir={out['results']}", f"--cache_dir={out['cache']}"])
+    assert set(res["per_number"]) <= {"4", "6", "49"} and res["anchor_frames_used"] is True
+
+
+def test_analyze_weights(run):
+    tmp, out, _, _, _ = run
+    s = analyze_weights.main([f"--checkpoint={out['checkpoints']}/best_model.pth", f"--results_dir={out['results']}"])
+    saved = json.loads((tmp / "results" / "weight_summary.json").read_text())
+    assert saved["total_parameters"] == s["total_parameters"] > 14_000_000
+    assert {"backbone", "spatial", "lstm", "temporal", "tens", "units"} <= set(saved["components"])
+    assert set(saved["heads"]["tens"]["weight"]) >= {"mean", "std", "min", "max"} and saved["model_size_mb"] > 10
+
+
+def test_resume_continues(run):
+    tmp, out, common, _, _ = run
+    best, history = train.main(common + ["--epochs=3", "--run_name=t", "--compose_prob=0.5", "--resume"])
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(SystemExit, match="not found"):
+        utils.load_checkpoint(str(tmp_path / "nope.pth"))
+    (tmp_path / "corrupt.pth").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(SystemExit, match="could not be loaded"):
+        utils.load_checkpoint(str(tmp_path / "corrupt.pth"))
+    torch.save({"model": Evil(), "config": {}}, tmp_path / "evil.pth")
+    with pytest.raises(SystemExit, match="could not be loaded safely"):
+        utils.load_checkpoint(str(tmp_path / "evil.pth"))
+    torch.save({"model": {"x": torch.zeros(1)}, "config": {}}, tmp_path / "other.pth")
+    with pytest.raises(SystemExit, match="do not match"):
+        utils.model_from_checkpoint(utils.load_checkpoint(str(tmp_path / "other.pth")), "other.pth")
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        train.main([f"--data_root={tmp_path / 'none'}"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no sub-tracklet"):
+        train.main([f"--data_root={tmp_path / 'empty'}", "--pretrained=false"])
