@@ -1,10 +1,14 @@
 """Hierarchical tracklet dataset: DATA_ROOT/<number>/<player sequence>/<sub-tracklet>/*.jpg.
+The SoccerNet jersey-number layout is read too: DATA_ROOT is then one split folder holding images/<tracklet_id>/
+and <split>_gt.json (see crawl_soccernet).
 
 Every frame is decoded, sharpened and resized once (the SPEC recipe) into a uint8 array that is cached
 on disk; augmentation then runs on whole batches of tensors (see `augment`). __getitem__ only picks
 frame indices, so an epoch costs no image decoding.
 """
+import glob
 import hashlib
+import json
 import logging
 import os
 import re
@@ -26,6 +30,8 @@ IMG_EXTS = (".jpg", ".jpeg", ".png")
 MEAN = torch.tensor([0.485, 0.456, 0.406])
 STD = torch.tensor([0.229, 0.224, 0.225])
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is a counted skip, not a half-grey frame
+NOT_VISIBLE = -1    # SoccerNet label: the number cannot be read in this tracklet
+MAX_TRACKLET_FRAMES = 32  # long real tracklets (SoccerNet: hundreds of frames) keep this many, evenly spaced
 
 
 def decompose(n: int) -> tuple[int, int]:
@@ -60,9 +66,14 @@ def crawl(root: str, numbers=None) -> tuple[list[Sample], Counter]:
     """All sub-tracklets below root whose number is in `numbers` (all if None), plus skip counts."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"data root {root!r} does not exist")
+    if is_soccernet(root):
+        return crawl_soccernet(root, numbers)
     wanted = None if numbers is None else set(numbers)
     samples, skipped = [], Counter()
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.is_symlink() and not entry.name.startswith("."):
+            skipped["symlinked folder not followed"] += 1  # a link may loop back; counted, never walked
+            continue
         if not entry.is_dir(follow_symlinks=False) or entry.name.startswith("."):
             continue
         n = _number_of(entry.name)
@@ -80,6 +91,10 @@ def _crawl_number(folder: str, n: int, skipped: Counter) -> list[Sample]:
     # followlinks=False: a symlink loop in user data must not hang the crawl
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames.sort(key=_natural_key)
+        links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        if links:  # os.walk lists links to folders but never enters them: count them so nothing vanishes silently
+            skipped["symlinked folder not followed"] += len(links)
+            dirnames[:] = [d for d in dirnames if d not in links]
         imgs = sorted((f for f in filenames if f.lower().endswith(IMG_EXTS)), key=_natural_key)
         if dirpath == folder:
             continue
@@ -92,6 +107,92 @@ def _crawl_number(folder: str, n: int, skipped: Counter) -> list[Sample]:
         group = os.path.relpath(dirpath, folder).split(os.sep)[0]
         out.append(Sample(dirpath, n, frames, anchors[0] if anchors else None, f"{n}/{group}"))
     return out
+
+
+def is_soccernet(root: str) -> bool:
+    """SoccerNet jersey-number layout: <split>/images/<tracklet_id>/*.jpg beside <split>/<split>_gt.json."""
+    return os.path.isdir(os.path.join(root, "images")) and bool(glob.glob(os.path.join(glob.escape(root), "*_gt.json")))
+
+
+def _soccernet_labels(root: str) -> dict:
+    """tracklet id -> label from <split>_gt.json (the one named after the folder if there are several)."""
+    found = sorted(glob.glob(os.path.join(glob.escape(root), "*_gt.json")))
+    named = os.path.join(root, f"{os.path.basename(os.path.normpath(root))}_gt.json")
+    if len(found) > 1 and named not in found:
+        raise ValueError(f"{root!r} holds several *_gt.json files {[os.path.basename(f) for f in found]}; "
+                         f"expected one named {os.path.basename(named)}")
+    path = named if named in found else found[0]
+    try:
+        with open(path) as f:
+            gt = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path!r} could not be read as JSON ({type(err).__name__}: {err})") from None
+    if not isinstance(gt, dict):
+        raise ValueError(f"{path!r} must map tracklet id -> number, got a {type(gt).__name__}")
+    return {str(k): v for k, v in gt.items()}
+
+
+def _soccernet_number(v) -> int | None:
+    """Labels are ints (maybe written as strings); -1 = not visible; anything else outside 0..99 is bad."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        n = v
+    elif isinstance(v, str) and re.fullmatch(r"-1|0|[1-9]\d?", v.strip()):
+        n = int(v)
+    else:
+        return None
+    return n if n == NOT_VISIBLE or 0 <= n <= 99 else None
+
+
+def crawl_soccernet(root: str, numbers=None) -> tuple[list[Sample], Counter]:
+    """SoccerNet jersey-number layout; root is one split folder (e.g. jersey-2023/train), so --data_root picks
+    the split. One tracklet = one sample and its own group. Not-visible (-1) tracklets are returned only when
+    -1 is in `numbers` (or numbers is None); otherwise they are counted, so digit training never sees them but
+    the log and results JSON report how many there were. Long tracklets keep MAX_TRACKLET_FRAMES frames."""
+    labels = _soccernet_labels(root)
+    wanted = None if numbers is None else set(numbers)
+    samples, skipped, trimmed = [], Counter(), 0
+    folders = {}
+    for entry in os.scandir(os.path.join(root, "images")):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_symlink():
+            skipped["symlinked folder not followed"] += 1
+        elif entry.is_dir(follow_symlinks=False):
+            folders[entry.name] = entry.path
+    for tid in sorted(folders, key=_natural_key):
+        if tid not in labels:
+            skipped["tracklet folder without a label in gt.json"] += 1
+            continue
+        n = _soccernet_number(labels[tid])
+        if n is None:
+            skipped["label not a number 0..99 or -1"] += 1
+            continue
+        if n == NOT_VISIBLE and wanted is not None and NOT_VISIBLE not in wanted:
+            skipped["number not visible (-1)"] += 1
+            continue
+        if wanted is not None and n not in wanted:
+            continue
+        imgs = sorted((e.name for e in os.scandir(folders[tid]) if e.name.lower().endswith(IMG_EXTS)
+                       and e.is_file()), key=_natural_key)
+        if not imgs:
+            skipped["empty tracklet folder"] += 1
+            continue
+        trimmed += len(imgs) > MAX_TRACKLET_FRAMES
+        frames = evenly_spaced([os.path.join(folders[tid], f) for f in imgs], MAX_TRACKLET_FRAMES)
+        samples.append(Sample(folders[tid], n, frames, None, f"soccernet/{tid}"))
+    missing = [t for t, v in labels.items() if t not in folders and (wanted is None or _soccernet_number(v) in wanted)]
+    if missing:
+        skipped["labelled tracklet with no image folder"] += len(missing)
+    if trimmed:
+        log.info("SoccerNet layout: %d long tracklets use %d evenly spaced frames each", trimmed, MAX_TRACKLET_FRAMES)
+    return samples, skipped
+
+
+def evenly_spaced(items: list, k: int) -> list:
+    """At most k items, evenly spaced, first and last kept."""
+    if len(items) <= k:
+        return list(items)
+    return [items[int(round(j))] for j in np.linspace(0, len(items) - 1, k)]
 
 
 def select_frames(n_frames: int, anchor: int | None, seq_len: int, strategy: str, rng: np.random.Generator,

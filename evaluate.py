@@ -228,6 +228,63 @@ def _loader(ds, cfg):
                       num_workers=cfg.num_workers)
 
 
+# ---- not-visible tracklets and the worst mistakes -------------------------------------------------------
+
+def score_not_visible(model, cfg, device, dtype, threshold: float) -> dict | None:
+    """SoccerNet's -1 (number not visible) tracklets: right when the model abstains, i.e. its confidence (top
+    probability over 0..99, as predict.py's `uncertain`) is below `threshold`. None for other layouts."""
+    root = utils.data_root(cfg)
+    if not dataset.is_soccernet(root):
+        return None
+    samples, _ = dataset.crawl(root, [dataset.NOT_VISIBLE])  # its other skips were counted by the main crawl
+    if not samples:
+        return None
+    store = dataset.FrameStore(samples, cfg.img_size, cfg.sharpen, cfg.cache_dir)
+    unreadable = Counter()
+    samples = store.drop_unreadable(samples, unreadable)
+    for reason, count in sorted(unreadable.items()):
+        log.warning("not-visible tracklets: skipped %d x %s", count, reason)
+    out = {"total": len(samples), "abstained": 0, "accuracy": 0.0, "threshold": threshold, "skipped": dict(unreadable)}
+    if samples:
+        ds = dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.eval_sampling, cfg.eval_anchor)
+        res = train.predict_loader(model, _loader(ds, cfg), device, dtype, cfg, desc="evaluate not visible")
+        out["abstained"] = int((res["p_num"].max(1).values < threshold).sum())
+        out["accuracy"] = round(100.0 * out["abstained"] / len(samples), 2)
+    return out
+
+
+def plot_mistakes(res, pred, conf, ds, path, k=8) -> int:
+    """Gallery of the k most confident wrong answers: the frames the model saw (evaluation sampling), true vs
+    predicted number, confidence. Returns how many are shown."""
+    plt = _plt()
+    wrong = torch.nonzero(pred != res["number"]).flatten()
+    worst = wrong[conf[wrong].argsort(descending=True)][:k].tolist()
+    if not worst:
+        fig, ax = plt.subplots(figsize=(4, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no mistakes", ha="center", va="center")
+        _save(fig, path)
+        return 0
+    with torch.random.fork_rng(devices=[]):
+        shown = [int(res["index"][j]) for j in worst]
+        frames = [ds[i][0] for i in shown]
+    T = max(len(f) for f in frames)
+    fig, axes = plt.subplots(len(worst), T, figsize=(1.2 * T + 1.4, 1.5 * len(worst) + 0.5), squeeze=False)
+    for r, (j, i, f) in enumerate(zip(worst, shown, frames)):
+        for c in range(T):
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if c < len(f):
+                axes[r, c].imshow(f[c].numpy())
+        axes[r, 0].set_ylabel(f"true {int(res['number'][j])}\npred {int(pred[j])}\nconf {float(conf[j]):.2f}",
+                              fontsize=8, color="tab:red")
+        axes[r, 0].set_title(os.path.join(*ds.samples[i].path.split(os.sep)[-3:]), fontsize=6, loc="left")
+    fig.suptitle("most confident mistakes", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    return len(worst)
+
+
 # ---- main ------------------------------------------------------------------------------------------------
 
 def load_for_eval(argv, extras):
@@ -237,6 +294,8 @@ def load_for_eval(argv, extras):
     net, cfg = utils.model_from_checkpoint(ckpt, extra["checkpoint"])
     for k in cli._explicit:
         setattr(cfg, k, getattr(cli, k))
+    if "max_steps" not in cli._explicit:
+        cfg.max_steps = 0  # a smoke-test checkpoint's step limit must not cut evaluation short
     errors = cfg.validate()
     if errors:
         raise config.ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
@@ -260,7 +319,8 @@ def run_split(model, cfg, split, device, dtype):
 
 
 def main(argv=None):
-    cfg, extra, ckpt, model = load_for_eval(argv, {"out": "", "stability": False, "split": "test", "tune_tau": False})
+    cfg, extra, ckpt, model = load_for_eval(argv, {"out": "", "stability": False, "split": "test", "tune_tau": False,
+                                                   "uncertain_below": -1.0})
     utils.setup_logging()
     if extra["split"] not in ("test", "val"):
         raise config.ConfigError("--split must be test or val")
@@ -290,6 +350,11 @@ def main(argv=None):
                          "p_empty": round(float(res["p_tens"][k, EMPTY]), 4)}
                         for k, i in enumerate(res["index"].tolist())],
     }
+    threshold = utils.uncertain_threshold(ckpt, extra["uncertain_below"])
+    results["uncertain"] = {"threshold": threshold, "flagged": int((res["p_num"].max(1).values < threshold).sum())}
+    not_visible = score_not_visible(model, cfg, device, dtype, threshold) if extra["split"] == "test" else None
+    if not_visible is not None:
+        results["not_visible"] = not_visible
     if extra["stability"]:
         results["stability"] = stability(model, samples, store, cfg, device, dtype, train_counts)
     out = extra["out"] or os.path.join(cfg.results_dir, "evaluation_results.json" if extra["split"] == "test"
@@ -298,6 +363,8 @@ def main(argv=None):
     plot_confusion(res, decoded[cfg.rule], os.path.join(cfg.results_dir, "confusion_matrices", "confusion_matrices.png"))
     plot_per_number(results["per_number"], os.path.join(cfg.results_dir, "per_class_accuracy.png"),
                     f"{extra['split']} accuracy per number ({cfg.rule})")
+    gallery = os.path.join(cfg.results_dir, "worst_mistakes.png")
+    plot_mistakes(res, num, conf, dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.eval_sampling, anchor), gallery)
     print_summary(results)
     log.info("wrote %s", out)
     return results
@@ -310,6 +377,12 @@ def print_summary(results):
                  m["mean_confidence"], m["changed_vs_argmax"])
     per = results["per_number"]
     log.info("per number (%s): %s", results["rule"], ", ".join(f"{n}: {v['correct']}/{v['total']}" for n, v in per.items()))
+    if "uncertain" in results:
+        log.info("uncertain (confidence < %.3f): %d of %d", results["uncertain"]["threshold"],
+                 results["uncertain"]["flagged"], results["num_tracklets"])
+    if "not_visible" in results:
+        nv = results["not_visible"]
+        log.info("not visible (-1): %d of %d abstained (%.2f%%)", nv["abstained"], nv["total"], nv["accuracy"])
     if "stability" in results:
         for mode, m in results["stability"].items():
             log.info("stability %-13s acc %6.2f  conf %.3f  var %.4f", mode, m["accuracy"], m["mean_confidence"],

@@ -169,6 +169,19 @@ def digit_metrics(res) -> dict:
             "units_acc": pct(pred_u == res["units"]), "both_acc": pct((pred_t == true_t) & (pred_u == res["units"]))}
 
 
+def uncertain_threshold(res, percentile: float = 5.0, fallback: float = 0.5) -> float:
+    """Confidence below which predict.py flags a tracklet `uncertain`: the 5th percentile of the confidence
+    (top probability over 0..99) of the correct validation predictions: 95% of the answers the model gets right
+    stay unflagged, anything less sure than that is flagged. `fallback` if nothing is correct."""
+    if len(res["number"]) == 0:
+        return fallback
+    conf, pred = res["p_num"].max(1)
+    ok = pred == res["number"]
+    if not bool(ok.any()):
+        return fallback
+    return round(float(np.percentile(conf[ok].numpy(), percentile)), 4)
+
+
 def checkpoint_state(model, optimizer, scheduler, scaler, cfg, epoch, best_acc, history, stopper, extra=None):
     np_state = np.random.get_state()
     return {
@@ -233,6 +246,93 @@ def log_tensorboard(writer, row, lr):
         writer.add_scalar(f"Accuracy/val_{k}", row[f"val_{k}"], e)
     writer.add_scalar("LR", lr, e)
     writer.flush()
+
+
+def log_tensorboard_media(writer, model, val_loader, res, cfg, device, dtype, step, k=4):
+    """Per epoch: a few validation tracklets (frames, true vs predicted number, temporal attention per frame)
+    and the validation confusion matrix, as figures. The same tracklets every epoch, so changes are visible."""
+    if writer is None or len(res["number"]) == 0:
+        return
+    ds = val_loader.dataset
+    with torch.random.fork_rng(devices=[]):  # sampling frames for a picture must not shift training's RNG
+        batch = dataset.collate([ds[i] for i in showcase(ds.samples, k)])
+    x, mask = prepare_batch(batch, cfg, device, train=False)[:2]
+    with utils.autocast(device, dtype):
+        out = unwrap(model).predict(x, mask)
+    out = {key: v.cpu() for key, v in out.items()}
+    writer.add_figure("Validation/tracklets", tracklet_figure(batch["frames"], batch["number"], out), step)
+    writer.add_figure("Validation/attention", attention_figure(out["attention"], batch["number"]), step)
+    writer.add_figure("Validation/confusion_matrix", confusion_figure(res["number"], res["p_num"].argmax(1)), step)
+    writer.flush()
+
+
+def showcase(samples, k: int) -> list[int]:
+    """Up to k sample indices, one per number first, so the grid shows several numbers."""
+    first = {}
+    for i, s in enumerate(samples):
+        first.setdefault(s.number, i)
+    picks = [first[n] for n in sorted(first)][:k]
+    return picks + [i for i in range(len(samples)) if i not in picks][:k - len(picks)]
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def tracklet_figure(frames, true, out):
+    """Rows: tracklets (true, predicted, confidence); columns: the frames the model saw, with attention."""
+    plt = _pyplot()
+    n, T = frames.shape[:2]
+    fig, axes = plt.subplots(n, T, figsize=(1.2 * T + 1.0, 1.4 * n + 0.2), squeeze=False)
+    for r in range(n):
+        for c in range(T):
+            axes[r, c].imshow(frames[r, c].numpy())
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            axes[r, c].set_title(f"attn {float(out['attention'][r, c]):.2f}", fontsize=7)
+        right = int(out["number"][r]) == int(true[r])
+        axes[r, 0].set_ylabel(f"true {int(true[r])}\npred {int(out['number'][r])} ({float(out['confidence'][r]):.2f})",
+                              fontsize=8, color="tab:green" if right else "tab:red")
+    fig.tight_layout()
+    return fig
+
+
+def attention_figure(attn, true):
+    """Temporal attention weight of every frame (columns) of the showcased tracklets (rows)."""
+    plt = _pyplot()
+    n, T = attn.shape
+    fig, ax = plt.subplots(figsize=(0.7 * T + 1.5, 0.45 * n + 1.0))
+    ax.imshow(attn.numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for r in range(n):
+        for c in range(T):
+            ax.text(c, r, f"{float(attn[r, c]):.2f}", ha="center", va="center", fontsize=7, color="white")
+    ax.set(xticks=range(T), yticks=range(n), yticklabels=[f"true {int(t)}" for t in true], xlabel="frame",
+           title="temporal attention")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(true, pred):
+    """Number-level confusion matrix over every number that occurs as a label or a prediction."""
+    plt = _pyplot()
+    labels = sorted(set(true.tolist()) | set(pred.tolist()))
+    pos = {n: i for i, n in enumerate(labels)}
+    cm = np.zeros((len(labels), len(labels)), int)
+    for t, p in zip(true.tolist(), pred.tolist()):
+        cm[pos[t], pos[p]] += 1
+    size = 0.4 * len(labels) + 2.5
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues")
+    for r, c in zip(*np.nonzero(cm)):
+        ax.text(c, r, str(cm[r, c]), ha="center", va="center", fontsize=7,
+                color="white" if cm[r, c] > cm.max() / 2 else "black")
+    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels, yticklabels=labels,
+           xlabel="predicted number", ylabel="true number", title="validation confusion")
+    fig.tight_layout()
+    return fig
 
 
 def make_writer(cfg, run_name):
@@ -308,7 +408,11 @@ def main(argv=None):
     if extra["resume"]:
         path = os.path.join(ckpt_dir, "last.pth") if extra["resume"] in ("1", "true", "True") else extra["resume"]
         ck = utils.load_checkpoint(path)
-        unwrap(model).load_state_dict(ck["model"])
+        try:
+            unwrap(model).load_state_dict(ck["model"])
+        except RuntimeError as err:  # resuming with other architecture settings than the checkpoint's
+            raise utils.CheckpointError(f"{path} does not match this configuration "
+                                        f"({str(err).splitlines()[0][:160]})") from None
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
@@ -321,6 +425,7 @@ def main(argv=None):
         b = next(iter(val_loader))
         add_graph(writer, model, prepare_batch(b, cfg, device, train=False)[0])
     counts = np.bincount([s.number for s in train_samples], minlength=100)
+    best_threshold = None
     extras = {"skipped": dict(skipped), "train_counts": {int(n): int(c) for n, c in enumerate(counts) if c}}
     try:
         for epoch in range(start, cfg.epochs):
@@ -335,6 +440,7 @@ def main(argv=None):
                    **{f"val_{k}": v for k, v in m.items()}}
             history.append(row)
             log_tensorboard(writer, row, lr)
+            log_tensorboard_media(writer, model, val_loader, res, cfg, device, dtype, row["epoch"])
             improved = m["acc"] > best_acc
             best_acc = max(best_acc, m["acc"])
             if res["loss"] < stopper["best_loss"] - cfg.min_delta:
@@ -344,6 +450,9 @@ def main(argv=None):
             log.info("epoch %d/%d  train loss %.4f  val loss %.4f  val acc %.2f%% (tens %.2f, units %.2f)  %.0fs%s",
                      epoch + 1, cfg.epochs, tr["loss"], res["loss"], m["acc"], m["tens_acc"], m["units_acc"],
                      row["seconds"], "  *best*" if improved else "")
+            extras["uncertain_threshold"] = uncertain_threshold(res)  # each checkpoint: its own weights' value
+            if improved:
+                best_threshold = extras["uncertain_threshold"]
             state = checkpoint_state(model, optimizer, scheduler, scaler, cfg, epoch, best_acc, history, stopper,
                                      extras)
             utils.atomic_save(state, os.path.join(ckpt_dir, "last.pth"))
@@ -360,9 +469,14 @@ def main(argv=None):
             if history:
                 last = history[-1]
                 writer.add_hparams({k: v for k, v in config.to_dict(cfg).items() if isinstance(v, (int, float, str, bool))},
-                                   {"hparam/best_val_acc": best_acc, "hparam/final_val_loss": last["val_loss"]},
+                                   {"hparam/best_val_acc": best_acc, "hparam/final_val_loss": last["val_loss"],
+                                    **{f"hparam/final_val_{k}": last[f"val_{k}"]
+                                       for k in ("acc", "tens_acc", "units_acc", "both_acc")}},
                                    run_name=".")
             writer.close()
+        utils.atomic_save({"best_val_acc": best_acc, "epochs": len(history), "skipped": dict(skipped),
+                           "uncertain_threshold": best_threshold, "history": history},
+                          os.path.join(cfg.results_dir, "training_results.json"))
     log.info("best validation accuracy %.2f%%. Next:\n  python evaluate.py --checkpoint %s\n  tensorboard --logdir %s",
              best_acc, os.path.join(ckpt_dir, "best_model.pth"), cfg.log_dir)
     return best_acc, history

@@ -106,14 +106,27 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 def model_from_checkpoint(ckpt: dict, path: str = "checkpoint"):
     """Rebuild the exact model a checkpoint was trained with, from what it stores alone."""
     import model as model_lib
-    cfg = config.from_dict(ckpt["config"])
-    net = model_lib.build(cfg, pretrained=False)
+    try:
+        cfg = config.from_dict(ckpt["config"])
+        net = model_lib.build(cfg, pretrained=False)
+    except (TypeError, ValueError, AttributeError) as err:  # a config from another version of this repo
+        raise CheckpointError(f"{path}: its config does not describe a model this code can build "
+                              f"({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
     try:
         net.load_state_dict(ckpt["model"])
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not match the architecture it describes "
                               f"({str(err).splitlines()[0][:160]})") from None
     return net, cfg
+
+
+def uncertain_threshold(ckpt: dict, override: float = -1.0) -> float:
+    """Confidence below which a prediction is flagged uncertain: `override` if >= 0, else the value train.py
+    chose on the checkpoint's validation predictions, else 0.5."""
+    value = override if override >= 0 else float(ckpt.get("uncertain_threshold", 0.5))
+    if not 0 <= value <= 1:
+        raise config.ConfigError(f"--uncertain_below must be in [0, 1], got {value}")
+    return value
 
 
 def data_root(cfg) -> str:
@@ -131,7 +144,7 @@ def load_samples(cfg, numbers, root: str | None = None, workers: int = 0):
     root = root or data_root(cfg)
     try:
         samples, skipped = dataset.crawl(root, numbers)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:  # ValueError: an unreadable SoccerNet *_gt.json
         raise config.ConfigError(str(err)) from None
     if not samples:
         raise config.ConfigError(f"no sub-tracklet with images for numbers {sorted(numbers)} under {root!r}")

@@ -1,0 +1,399 @@
+"""Read jersey numbers from new tracklets with a trained checkpoint, or export the model to ONNX.
+
+    python predict.py --checkpoint checkpoints/best_model.pth INPUT [INPUT ...] [--out preds.json|preds.csv]
+    python predict.py --checkpoint checkpoints/best_model.pth --export_onnx model.onnx [--quantize]
+
+An INPUT is a tracklet folder of images, a folder of tracklet folders, a dataset root in the SPEC layout or a
+SoccerNet split folder (images/ + <split>_gt.json). With the last two the true numbers are known, so the output
+also holds accuracy. The model and its preprocessing come from the checkpoint alone; frames are picked as in
+evaluation (seq_len frames, eval_sampling, anchor frames ignored unless --eval_anchor), short tracklets are
+padded by repeating their last frame, so one frame is enough, and long ones keep
+dataset.MAX_TRACKLET_FRAMES evenly spaced frames to pick from.
+
+Per tracklet: predicted number, confidence (its probability in the model's distribution over 0..99), top-3
+numbers, per-digit probabilities, the temporal attention weight of every frame (next to the file it refers to)
+and `uncertain: true` when confidence < --uncertain_below. That threshold defaults to the one train.py chose on
+the checkpoint's validation predictions (see train.uncertain_threshold), else 0.5.
+
+--quantize: dynamic INT8 (the Linear and LSTM layers; ResNet convolutions stay float). For prediction it runs
+the INT8 model and, on labelled inputs, also the float one, and reports both sizes and accuracies. With
+--export_onnx it also writes <name>.int8.onnx with onnxruntime's dynamic quantiser, which quantises the
+convolutions too (about a quarter of the float file), and reports sizes and the largest probability change.
+"""
+import csv
+import dataclasses
+import inspect
+import io
+import json
+import os
+import sys
+import warnings
+from collections import Counter
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+import config
+import dataset
+import evaluate
+import model as model_lib
+import train
+import utils
+
+log = utils.log
+EXTRAS = {"out": "", "export_onnx": "", "quantize": False, "uncertain_below": -1.0}
+
+
+# ---- finding tracklets ----------------------------------------------------------------------------------
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Options for config.load, and the INPUT paths between them. `--key value` takes the next word as its
+    value, except for true/false flags, which only take a literal true/false (so `--quantize DIR` works)."""
+    flags = {k for k, v in EXTRAS.items() if isinstance(v, bool)}
+    flags |= {f.name for f in dataclasses.fields(config.Config) if f.type is bool}
+    opts, inputs, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if not a.startswith("--"):
+            inputs.append(a)
+        else:
+            opts.append(a)
+            key = a[2:].replace("-", "_")
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            takes = nxt is not None and not nxt.startswith("--") and "=" not in a
+            if takes and (key not in flags or nxt.lower() in ("1", "0", "true", "false", "yes", "no", "on", "off")):
+                opts.append(nxt)
+                i += 1
+        i += 1
+    return opts, inputs
+
+
+def _images(folder: str) -> list[str]:
+    names = [e.name for e in os.scandir(folder) if e.name.lower().endswith(dataset.IMG_EXTS) and e.is_file()]
+    return [os.path.join(folder, f) for f in sorted(names, key=dataset._natural_key)]
+
+
+def _tracklet(folder: str, frames: list[str]) -> dataset.Sample:
+    """An unlabelled tracklet (number None); an '_anchor' file is recognised as in the SPEC layout."""
+    frames = dataset.evenly_spaced(frames, dataset.MAX_TRACKLET_FRAMES)
+    anchors = [i for i, f in enumerate(frames) if "_anchor" in os.path.basename(f).lower()]
+    return dataset.Sample(folder, None, frames, anchors[0] if anchors else None, folder)
+
+
+def _walk(root: str) -> tuple[list[dataset.Sample], Counter]:
+    """Every folder below root that holds images is one tracklet."""
+    samples, skipped = [], Counter()
+    for dirpath, dirnames, _ in os.walk(root, followlinks=False):
+        dirnames.sort(key=dataset._natural_key)
+        links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        skipped["symlinked folder not followed"] += len(links)
+        dirnames[:] = [d for d in dirnames if d not in links and not d.startswith(".")]
+        frames = _images(dirpath)
+        if frames:
+            samples.append(_tracklet(dirpath, frames))
+        elif not dirnames:
+            skipped["empty tracklet folder"] += 1
+    return samples, +skipped
+
+
+def find_tracklets(path: str) -> tuple[list[dataset.Sample], Counter]:
+    """The tracklets of one INPUT; number is the true label when the layout says it, else None."""
+    if not os.path.isdir(path):
+        raise config.ConfigError(f"input {path!r} is not a folder")
+    if dataset.is_soccernet(path):
+        try:
+            return dataset.crawl_soccernet(path)
+        except ValueError as err:
+            raise config.ConfigError(str(err)) from None
+    frames = _images(path)
+    if frames:
+        return [_tracklet(path, frames)], Counter()
+    subs = [e.path for e in os.scandir(path) if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")]
+    numbered = any(dataset._number_of(os.path.basename(s)) is not None for s in subs)
+    if numbered and not any(_images(s) for s in subs):  # number folders, no tracklet right below: SPEC layout
+        samples, skipped = dataset.crawl(path)
+        if samples:
+            return samples, skipped
+    return _walk(path)
+
+
+def load_inputs(paths: list[str], cfg):
+    """Samples of all INPUTs, decoded once, unreadable frames dropped and counted."""
+    samples, skipped = [], Counter()
+    for p in paths:
+        s, k = find_tracklets(p)
+        samples += s
+        skipped.update(k)
+    if not samples:
+        raise config.ConfigError(f"no tracklet with images under {', '.join(map(repr, paths))}")
+    store = dataset.FrameStore(samples, cfg.img_size, cfg.sharpen, "", cfg.num_workers)
+    samples = store.drop_unreadable(samples, skipped)
+    if not samples:
+        raise config.ConfigError("no readable image in any tracklet")
+    dataset.report_skips(skipped)
+    return samples, store, skipped
+
+
+class Picked(Dataset):
+    """Items as dataset.collate wants them, for frames chosen up front (labels may be unknown: zeros)."""
+
+    def __init__(self, samples, store, picks):
+        self.samples, self.store, self.picks = samples, store, picks
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        s = self.samples[i]
+        return torch.from_numpy(self.store.get([s.frames[j] for j in self.picks[i]])), 0, 0, 0, i
+
+
+def pick_frames(samples, cfg) -> list[list[int]]:
+    """The evaluation frame choice (dataset.TrackletDataset.frame_indices), seeded, so runs repeat."""
+    chooser = dataset.TrackletDataset(samples, None, cfg.seq_len, cfg.eval_sampling, cfg.eval_anchor)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return [chooser.frame_indices(i) for i in range(len(samples))]
+
+
+# ---- prediction -----------------------------------------------------------------------------------------
+
+def run(net, samples, store, picks, cfg, device, dtype, desc="predict") -> dict:
+    loader = DataLoader(Picked(samples, store, picks), batch_size=cfg.batch_size, shuffle=False,
+                        collate_fn=dataset.collate, num_workers=cfg.num_workers)
+    return train.predict_loader(net, loader, device, dtype, cfg, desc=desc)
+
+
+def rows(res, samples, picks, threshold: float) -> list[dict]:
+    """One JSON-ready record per tracklet, in input order."""
+    top_p, top_n = res["p_num"].topk(3, dim=1)
+    out = []
+    for k, i in enumerate(res["index"].tolist()):
+        s, conf = samples[i], float(top_p[k, 0])
+        row = {"tracklet": s.path, "prediction": int(top_n[k, 0]), "confidence": round(conf, 4),
+               "uncertain": conf < threshold,
+               "top3": [{"number": int(n), "probability": round(float(p), 4)} for n, p in zip(top_n[k], top_p[k])],
+               "tens_probs": {**{str(d): round(float(res["p_tens"][k, d]), 4) for d in range(10)},
+                              "empty": round(float(res["p_tens"][k, dataset.EMPTY]), 4)},
+               "units_probs": {str(d): round(float(res["p_units"][k, d]), 4) for d in range(10)},
+               "frames": [os.path.basename(s.frames[j]) for j in picks[i]],
+               "attention": [round(float(w), 4) for w in res["attention"][k]]}
+        if s.number is not None:
+            row["true"] = s.number
+        out.append(row)
+    return out
+
+
+def summary(preds: list[dict]) -> dict:
+    """Counts, and accuracy where true numbers are known (not-visible -1: right when flagged uncertain)."""
+    out = {"num_tracklets": len(preds), "uncertain": sum(p["uncertain"] for p in preds)}
+    seen = [p for p in preds if p.get("true", dataset.NOT_VISIBLE) != dataset.NOT_VISIBLE]
+    if seen:
+        right = sum(p["prediction"] == p["true"] for p in seen)
+        sure = [p for p in seen if not p["uncertain"]]
+        out.update(labelled=len(seen), correct=right, accuracy=round(100.0 * right / len(seen), 2),
+                   accuracy_when_certain=round(100.0 * sum(p["prediction"] == p["true"] for p in sure) / len(sure), 2)
+                   if sure else None)
+    hidden = [p for p in preds if p.get("true") == dataset.NOT_VISIBLE]
+    if hidden:
+        flagged = sum(p["uncertain"] for p in hidden)
+        out["not_visible"] = {"total": len(hidden), "abstained": flagged,
+                              "accuracy": round(100.0 * flagged / len(hidden), 2)}
+    return out
+
+
+def write(preds: list[dict], meta: dict, path: str) -> None:
+    if path.lower().endswith(".csv"):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(CSV_COLUMNS)
+            w.writerows(csv_row(p) for p in preds)
+    else:
+        utils.atomic_save({**meta, "predictions": preds}, path)
+
+
+CSV_COLUMNS = (["tracklet", "true", "prediction", "confidence", "uncertain", "top2", "p_top2", "top3", "p_top3"]
+               + [f"p_tens_{d}" for d in range(10)] + ["p_tens_empty"] + [f"p_units_{d}" for d in range(10)]
+               + ["attention", "frames"])
+
+
+def csv_row(p: dict) -> list:
+    """Flat: fixed-size probabilities as columns, per-frame attention and file names space-separated."""
+    return ([p["tracklet"], p.get("true", ""), p["prediction"], p["confidence"], p["uncertain"],
+             p["top3"][1]["number"], p["top3"][1]["probability"], p["top3"][2]["number"], p["top3"][2]["probability"]]
+            + list(p["tens_probs"].values()) + list(p["units_probs"].values())
+            + [" ".join(map(str, p["attention"])), " ".join(p["frames"])])
+
+
+# ---- INT8 and ONNX --------------------------------------------------------------------------------------
+
+def quantize_int8(net):
+    """Dynamic INT8 weights for the Linear and LSTM layers (activations quantised on the fly, CPU only)."""
+    import copy
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError:
+        raise config.ConfigError("this PyTorch build has no torch.ao.quantization; use --export_onnx with "
+                                 "--quantize for an INT8 model") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated in favour of torchao; it still works
+        return quantize_dynamic(copy.deepcopy(net).cpu().eval(), {torch.nn.Linear, torch.nn.LSTM}, dtype=torch.qint8)
+
+
+def state_mb(net) -> float:
+    """Size of the saved weights, as torch.save writes them."""
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    return round(buf.tell() / 2**20, 2)
+
+
+class OnnxView(torch.nn.Module):
+    """The exported graph. Input `frames`: float [batch, time, 3, S, S], RGB in 0..1 after the SPEC resize and
+    sharpening (dataset.load_frame / 255); ImageNet normalisation is inside. Outputs: number_probs [batch, 100],
+    tens_probs [batch, 11] (index 10 = empty), units_probs [batch, 10], attention [batch, time]. There is no
+    padding mask: pad short tracklets by repeating their last frame, as predict.py does."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, frames):
+        out = self.net(dataset.normalize(frames))
+        return (*model_lib.probabilities(out), out["attention"])
+
+
+ONNX_OUTPUTS = ["number_probs", "tens_probs", "units_probs", "attention"]
+
+
+def export_onnx(net, cfg, path: str) -> None:
+    """ONNX with dynamic batch and sequence length (TorchScript exporter; the dynamo one needs onnxscript)."""
+    view = OnnxView(net.cpu().eval()).eval()
+    example = torch.rand(2, cfg.seq_len, 3, cfg.img_size, cfg.img_size)
+    axes = {"frames": {0: "batch", 1: "time"}, "attention": {0: "batch", 1: "time"},
+            **{k: {0: "batch"} for k in ONNX_OUTPUTS[:3]}}
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes about the mask branch and LSTM batch sizes; checked below
+        torch.onnx.export(view, (example,), path, input_names=["frames"], output_names=ONNX_OUTPUTS,
+                          dynamic_axes=axes, opset_version=17, **legacy)
+
+
+def onnx_max_diff(net, path: str, cfg, shapes=((3, 7), (1, 1))) -> float:
+    """Largest absolute difference between onnxruntime and PyTorch outputs, on batch/time shapes unlike the
+    export example's, so the dynamic axes are exercised."""
+    import onnxruntime as ort
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    view, worst = OnnxView(net.cpu().eval()).eval(), 0.0
+    gen = torch.Generator().manual_seed(0)
+    for b, t in shapes:
+        x = torch.rand(b, t, 3, cfg.img_size, cfg.img_size, generator=gen)
+        with torch.inference_mode():
+            ref = view(x)
+        got = sess.run(ONNX_OUTPUTS, {"frames": x.numpy()})
+        worst = max(worst, max(float(np.abs(g - r.numpy()).max()) for g, r in zip(got, ref)))
+    return worst
+
+
+def quantize_onnx(src: str, dst: str) -> None:
+    """onnxruntime's dynamic quantiser: INT8 weights for the op types it supports (Conv, MatMul, LSTM, ...)."""
+    import logging
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    logging.disable(logging.WARNING)  # it logs a line per tensor it leaves alone
+    try:
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def export(net, cfg, path: str, int8: bool) -> dict:
+    export_onnx(net, cfg, path)
+    info = {"onnx": path, "onnx_mb": round(os.path.getsize(path) / 2**20, 2),
+            "max_abs_diff_vs_pytorch": onnx_max_diff(net, path, cfg)}
+    log.info("wrote %s (%.2f MB); onnxruntime vs PyTorch max abs diff %.2e", path, info["onnx_mb"],
+             info["max_abs_diff_vs_pytorch"])
+    if int8:
+        q = os.path.splitext(path)[0] + ".int8.onnx"
+        quantize_onnx(path, q)
+        info.update(int8_onnx=q, int8_onnx_mb=round(os.path.getsize(q) / 2**20, 2),
+                    int8_max_abs_diff_vs_pytorch=onnx_max_diff(net, q, cfg))
+        log.info("wrote %s (%.2f MB, %.0f%% of float); INT8 vs PyTorch float max abs diff %.2e", q,
+                 info["int8_onnx_mb"], 100 * info["int8_onnx_mb"] / info["onnx_mb"], info["int8_max_abs_diff_vs_pytorch"])
+    return info
+
+
+def compare_int8(fp32, int8, res_fp32, res_int8) -> dict:
+    """Size and agreement of the INT8 model against the float one (accuracy too when labels are known)."""
+    a, b = res_fp32["p_num"].argmax(1), res_int8["p_num"].argmax(1)
+    return {"fp32_mb": state_mb(fp32), "int8_mb": state_mb(int8),
+            "agreement": round(100.0 * float((a == b).float().mean()), 2),
+            "max_prob_diff": round(float((res_fp32["p_num"] - res_int8["p_num"]).abs().max()), 4)}
+
+
+# ---- main -----------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(__doc__)
+        raise SystemExit(0)
+    opts, inputs = split_argv(argv)
+    cfg, extra, ckpt, net = evaluate.load_for_eval(opts, EXTRAS)
+    utils.setup_logging()
+    cfg.max_steps = 0  # a smoke-test checkpoint's step limit must not drop tracklets here
+    if extra["export_onnx"]:
+        if inputs:
+            raise config.ConfigError(f"--export_onnx takes no INPUT (got {inputs}); predict in a separate run")
+        return export(net, cfg, extra["export_onnx"], extra["quantize"])
+    if not inputs:
+        raise config.ConfigError("no INPUT given: python predict.py --checkpoint CKPT FOLDER [FOLDER ...]")
+    threshold = utils.uncertain_threshold(ckpt, extra["uncertain_below"])
+    device = torch.device("cpu") if extra["quantize"] else utils.device_of(cfg)  # dynamic INT8 runs on CPU
+    dtype = None if extra["quantize"] else utils.amp_dtype(device, cfg.amp)
+    samples, store, skipped = load_inputs(inputs, cfg)
+    picks = pick_frames(samples, cfg)
+    net.to(device).eval()
+    meta = {"checkpoint": extra["checkpoint"], "uncertain_below": threshold, "skipped": dict(skipped)}
+    if extra["quantize"]:
+        int8 = quantize_int8(net)
+        res = run(int8, samples, store, picks, cfg, device, None, desc="predict int8")
+        res_fp32 = run(net, samples, store, picks, cfg, device, None, desc="predict float (for comparison)")
+        meta["quantization"] = compare_int8(net, int8, res_fp32, res)
+        ref = summary(rows(res_fp32, samples, picks, threshold))
+        if "accuracy" in ref:
+            meta["quantization"]["fp32_accuracy"] = ref["accuracy"]
+    else:
+        res = run(net, samples, store, picks, cfg, device, dtype)
+    preds = rows(res, samples, picks, threshold)
+    meta.update(summary(preds))
+    if extra["quantize"] and "accuracy" in meta:
+        meta["quantization"]["int8_accuracy"] = meta["accuracy"]
+    out = extra["out"] or os.path.join(cfg.results_dir, "predictions.json")
+    write(preds, meta, out)
+    report(preds, meta, out)
+    return preds, meta
+
+
+def report(preds, meta, out):
+    for p in preds[:20]:
+        log.info("%-50s %3d  conf %.3f%s%s", p["tracklet"][-50:], p["prediction"], p["confidence"],
+                 "  uncertain" if p["uncertain"] else "", f"  (true {p['true']})" if "true" in p else "")
+    if len(preds) > 20:
+        log.info("... %d more", len(preds) - 20)
+    log.info("%d tracklets, %d uncertain (confidence < %.3f)", meta["num_tracklets"], meta["uncertain"],
+             meta["uncertain_below"])
+    if "accuracy" in meta:
+        log.info("accuracy %.2f%% on %d labelled tracklets (%s when not uncertain)", meta["accuracy"],
+                 meta["labelled"], "n/a" if meta["accuracy_when_certain"] is None else f"{meta['accuracy_when_certain']}%")
+    if "not_visible" in meta:
+        log.info("not visible (-1): %d of %d flagged uncertain", meta["not_visible"]["abstained"],
+                 meta["not_visible"]["total"])
+    if "quantization" in meta:
+        log.info("INT8: %s", ", ".join(f"{k} {v}" for k, v in meta["quantization"].items()))
+    log.info("wrote %s", out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""predict.py: every input kind, JSON and CSV output, the uncertainty flag, ONNX export, INT8, clear errors."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import config
+import dataset
+import model as model_lib
+import predict
+import utils
+from conftest import write_tracklet
+
+NUMBERS = (4, 6, 49)
+THRESHOLD = 0.6  # stored in the checkpoint as if train.py had chosen it
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from a second thread, and on a busy machine its spin-waits cost seconds."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def fit(net, samples, cfg, steps=30):
+    """Fit the digit heads on the (random) backbone's embeddings of the tracklets predict.py will see: cheap,
+    and the checkpoint then makes real, confident predictions to compare INT8 against."""
+    store = dataset.FrameStore(samples, cfg.img_size, cfg.sharpen)
+    ds = dataset.TrackletDataset(samples, store, cfg.seq_len, "uniform", use_anchor=False)
+    batch = dataset.collate([ds[i] for i in range(len(ds))])
+    net.eval()
+    with torch.no_grad():
+        z = net.encode(dataset.normalize(dataset.to_input(batch["frames"], "cpu")))[0]
+    heads = (net.tens, net.units)
+    opt = torch.optim.Adam([p for h in heads for p in h.parameters()], lr=1e-2)
+    for h in heads:
+        h.train()
+    for _ in range(steps):
+        loss = F.cross_entropy(net.tens(z), batch["tens"]) + F.cross_entropy(net.units(z), batch["units"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for m in (m for h in heads for m in h.modules() if isinstance(m, torch.nn.BatchNorm1d)):
+        m.reset_running_stats()
+        m.momentum = None  # the next forward sets the running statistics to this batch's, for eval mode
+    with torch.no_grad():
+        net.tens(z), net.units(z)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A checkpoint (fitted on the SPEC-layout tree) and one input of every kind predict.py accepts."""
+    tmp = tmp_path_factory.mktemp("predict")
+    spec = tmp / "spec"
+    for n in NUMBERS:
+        for seq in range(3):
+            write_tracklet(spec / str(n) / f"player_{seq}_seq_{seq}" / "0", 3 + seq, anchor=0 if seq == 0 else None,
+                           text=str(n), seed=n + seq)
+    cfg = config.Config(img_size=32, seq_len=4, pretrained=False, lstm_hidden=16, head_hidden=16, batch_size=4,
+                        dropout=0.0, train_classes=list(NUMBERS), test_classes=[48], amp=False, channels_last=False)
+    torch.manual_seed(0)
+    net = fit(model_lib.build(cfg), dataset.crawl(str(spec))[0], cfg)
+    ckpt = tmp / "model.pth"
+    torch.save({"model": net.state_dict(), "config": config.to_dict(cfg), "uncertain_threshold": THRESHOLD}, ckpt)
+
+    single = tmp / "single"  # one tracklet in every image mode real crops come in
+    write_tracklet(single, 2, anchor=1, text="6", seed=1)
+    Image.new("L", (20, 50), 90).save(single / "f_gray.jpg")
+    Image.new("CMYK", (25, 40), (0, 80, 160, 20)).save(single / "f_cmyk.jpg")
+    Image.new("RGBA", (30, 30), (200, 10, 10, 120)).save(single / "f_alpha.png")
+    Image.new("P", (12, 70), 3).save(single / "f_palette.png")
+    Image.new("RGB", (1, 1), (5, 5, 5)).save(single / "f_1px.jpg")
+    write_tracklet(tmp / "one", 1, text="9", seed=2)  # one frame long
+    for name in ("a", "b"):
+        write_tracklet(tmp / "many" / name, 3, text="49", seed=3)
+    (tmp / "many" / "empty").mkdir()
+    sn = tmp / "soccernet" / "valid"  # SoccerNet layout: images/<id>/ and <split>_gt.json
+    for tid, n in (("0", 4), ("1", -1), ("2", 49)):
+        write_tracklet(sn / "images" / tid, 2 + int(tid), text=str(abs(n)), seed=int(tid))
+    (sn / "valid_gt.json").write_text(json.dumps({"0": 4, "1": -1, "2": 49}))
+    inputs = {"spec": spec, "single": single, "one": tmp / "one", "many": tmp / "many", "soccernet": sn}
+    return tmp, str(ckpt), net, cfg, {k: str(v) for k, v in inputs.items()}
+
+
+@pytest.fixture(scope="module")
+def predicted(setup):
+    tmp, ckpt, _, _, inputs = setup
+    out = tmp / "preds.json"
+    predict.main(["--checkpoint", ckpt, *inputs.values(), "--out", str(out)])
+    return json.loads(out.read_text())
+
+
+def direct(net, cfg, row):
+    """The model run by hand on exactly the frames the row says it used."""
+    frames = np.stack([dataset.load_frame(os.path.join(row["tracklet"], f), cfg.img_size, cfg.sharpen)
+                       for f in row["frames"]])
+    return net.predict(dataset.normalize(dataset.to_input(torch.from_numpy(frames)[None], "cpu")))
+
+
+def test_every_input_kind_gives_one_record_per_tracklet(setup, predicted):
+    tmp, _, _, cfg, inputs = setup
+    preds = predicted["predictions"]
+    by_dir = {}
+    for p in preds:
+        by_dir.setdefault(os.path.relpath(p["tracklet"], tmp).split(os.sep)[0], []).append(p)
+    assert {k: len(v) for k, v in by_dir.items()} == {"spec": 9, "single": 1, "one": 1, "many": 2, "soccernet": 3}
+    assert predicted["num_tracklets"] == 16 and predicted["skipped"] == {"empty tracklet folder": 1}
+    assert sorted(p["true"] for p in by_dir["spec"]) == sorted(n for n in NUMBERS for _ in range(3))
+    assert sorted(p["true"] for p in by_dir["soccernet"]) == [-1, 4, 49]
+    assert not any("true" in p for k in ("single", "one", "many") for p in by_dir[k])
+    # anchor frames are never used (new footage has none); one-frame tracklets are padded by repetition
+    assert not any("_anchor" in f for p in preds for f in p["frames"])
+    assert by_dir["one"][0]["frames"] == ["1_100_0.jpg"] * cfg.seq_len
+    odd = {"f_gray.jpg", "f_cmyk.jpg", "f_alpha.png", "f_palette.png", "f_1px.jpg"}
+    assert set(by_dir["single"][0]["frames"]) - {"1_100_0.jpg"} <= odd  # no anchor; none skipped (above)
+
+
+def test_record_contents_are_consistent(predicted):
+    for p in predicted["predictions"]:
+        top = p["top3"]
+        assert top[0]["number"] == p["prediction"] and top[0]["probability"] == p["confidence"]
+        assert top[0]["probability"] >= top[1]["probability"] >= top[2]["probability"]
+        assert len({t["number"] for t in top}) == 3
+        assert list(p["tens_probs"]) == [str(d) for d in range(10)] + ["empty"] and len(p["units_probs"]) == 10
+        assert sum(p["tens_probs"].values()) == pytest.approx(1, abs=2e-3)
+        assert sum(p["units_probs"].values()) == pytest.approx(1, abs=2e-3)
+        assert len(p["attention"]) == len(p["frames"]) == 4 and sum(p["attention"]) == pytest.approx(1, abs=2e-3)
+
+
+def test_predictions_equal_the_model_on_the_listed_frames(setup, predicted):
+    _, _, net, cfg, _ = setup
+    for p in predicted["predictions"][::3]:
+        out = direct(net, cfg, p)
+        assert int(out["number"][0]) == p["prediction"]
+        assert float(out["confidence"][0]) == pytest.approx(p["confidence"], abs=1e-4)
+        assert out["attention"][0].tolist() == pytest.approx(p["attention"], abs=1e-4)
+
+
+def test_uncertain_flag_uses_the_checkpoint_threshold(setup, predicted):
+    tmp, ckpt, _, _, inputs = setup
+    assert predicted["uncertain_below"] == THRESHOLD
+    preds = predicted["predictions"]
+    assert all(p["uncertain"] == (p["confidence"] < THRESHOLD) for p in preds)
+    assert predicted["uncertain"] == sum(p["uncertain"] for p in preds)
+    hidden = [p for p in preds if p.get("true") == -1]
+    assert predicted["not_visible"] == {"total": 1, "abstained": int(hidden[0]["uncertain"]),
+                                        "accuracy": 100.0 * hidden[0]["uncertain"]}
+    labelled = [p for p in preds if p.get("true", -1) != -1]
+    assert predicted["labelled"] == len(labelled) == 11
+    assert predicted["accuracy"] == round(100 * sum(p["prediction"] == p["true"] for p in labelled) / 11, 2)
+    for value, flagged in (("1", 3), ("0", 0)):
+        _, meta = predict.main(["--checkpoint", ckpt, inputs["soccernet"], f"--uncertain_below={value}",
+                                "--out", str(tmp / f"u{value}.json")])
+        assert meta["uncertain"] == flagged and meta["uncertain_below"] == float(value)
+
+
+def test_csv_output_matches_json(setup, predicted):
+    tmp, ckpt, _, _, inputs = setup
+    out = tmp / "preds.csv"
+    predict.main(["--checkpoint", ckpt, inputs["spec"], inputs["one"], "--out", str(out)])
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 10 and list(rows[0]) == predict.CSV_COLUMNS
+    ref = {p["tracklet"]: p for p in predicted["predictions"]}
+    for r in rows:
+        p = ref[r["tracklet"]]
+        assert int(r["prediction"]) == p["prediction"] and float(r["confidence"]) == p["confidence"]
+        assert float(r["p_tens_empty"]) == p["tens_probs"]["empty"] and int(r["top3"]) == p["top3"][2]["number"]
+        assert r["frames"].split() == p["frames"] and [float(a) for a in r["attention"].split()] == p["attention"]
+    assert {r["true"] for r in rows} == {"4", "6", "49", ""}
+
+
+def test_onnx_export_matches_pytorch(setup, tmp_path):
+    import onnxruntime as ort
+    _, ckpt, net, cfg, _ = setup
+    path = tmp_path / "model.onnx"
+    info = predict.main(["--checkpoint", ckpt, "--export-onnx", str(path)])
+    assert info["max_abs_diff_vs_pytorch"] < 1e-4
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape == ["batch", "time", 3, 32, 32]
+    view = predict.OnnxView(net).eval()
+    for b, t in ((1, 1), (5, 9)):  # neither is the export example's (2, seq_len)
+        x = torch.rand(b, t, 3, 32, 32)
+        with torch.no_grad():
+            ref = view(x)
+        got = sess.run(predict.ONNX_OUTPUTS, {"frames": x.numpy()})
+        assert [g.shape for g in got] == [(b, 100), (b, 11), (b, 10), (b, t)]
+        for g, r in zip(got, ref):
+            assert np.abs(g - r.numpy()).max() < 1e-4
+
+
+def test_int8_size_and_accuracy_change(setup, tmp_path):
+    _, ckpt, net, _, inputs = setup
+    _, meta = predict.main(["--checkpoint", ckpt, "--quantize", inputs["spec"], "--out", str(tmp_path / "q.json")])
+    q = meta["quantization"]
+    print("torch dynamic INT8 on the tiny set:", q)
+    assert q["int8_mb"] < q["fp32_mb"]
+    assert q["fp32_accuracy"] >= 50  # the fitted model reads its own training tracklets
+    assert abs(q["int8_accuracy"] - q["fp32_accuracy"]) <= 100 / 9 + 0.01  # at most one of 9 tracklets flips
+    assert q["agreement"] >= 85 and q["max_prob_diff"] < 0.1
+    lin = predict.quantize_int8(net)
+    assert all("quantized.dynamic" in type(m).__module__ for m in (lin.lstm, lin.tens.out[-1], lin.temporal.score[0]))
+    info = predict.main(["--checkpoint", ckpt, "--export_onnx", str(tmp_path / "m.onnx"), "--quantize"])
+    print("onnxruntime dynamic INT8:", info)
+    assert os.path.isfile(info["int8_onnx"]) and info["int8_onnx_mb"] < 0.4 * info["onnx_mb"]
+    assert info["int8_max_abs_diff_vs_pytorch"] < 0.1
+
+
+def test_argv_splitting():
+    opts, inputs = predict.split_argv(["--checkpoint", "c.pth", "a", "--quantize", "b", "--out=x.csv", "c",
+                                       "--quantize", "true", "--batch_size", "8", "d"])
+    assert inputs == ["a", "b", "c", "d"]
+    assert opts == ["--checkpoint", "c.pth", "--quantize", "--out=x.csv", "--quantize", "true", "--batch_size", "8"]
+
+
+def test_clear_errors(setup, tmp_path):
+    _, ckpt, _, cfg, inputs = setup
+    with pytest.raises(SystemExit, match="^error: checkpoint .* not found"):
+        predict.main(["--checkpoint", str(tmp_path / "none.pth"), inputs["one"]])
+    (tmp_path / "corrupt.pth").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(SystemExit, match="could not be loaded"):
+        predict.main(["--checkpoint", str(tmp_path / "corrupt.pth"), inputs["one"]])
+    state = torch.load(ckpt, weights_only=True)
+    torch.save({**state, "config": {**state["config"], "lstm_hidden": 32}}, tmp_path / "other.pth")
+    with pytest.raises(SystemExit, match="do not match"):
+        predict.main(["--checkpoint", str(tmp_path / "other.pth"), inputs["one"]])
+    torch.save({**state, "config": {**state["config"], "backbone": "vit_b_16"}}, tmp_path / "future.pth")
+    with pytest.raises(SystemExit, match="does not describe a model"):
+        predict.main(["--checkpoint", str(tmp_path / "future.pth"), inputs["one"]])
+    with pytest.raises(SystemExit, match="no INPUT"):
+        predict.main(["--checkpoint", ckpt])
+    with pytest.raises(SystemExit, match="is not a folder"):
+        predict.main(["--checkpoint", ckpt, str(tmp_path / "missing")])
+    (tmp_path / "blank" / "x").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="no tracklet with images"):
+        predict.main(["--checkpoint", ckpt, str(tmp_path / "blank")])
+    with pytest.raises(SystemExit, match="uncertain_below must be in"):
+        predict.main(["--checkpoint", ckpt, inputs["one"], "--uncertain_below=2"])
+    with pytest.raises(SystemExit, match="seq_len must be >= 1"):
+        predict.main(["--checkpoint", ckpt, inputs["one"], "--seq_len=0"])
+    assert utils.uncertain_threshold({}) == 0.5 and utils.uncertain_threshold({"uncertain_threshold": 0.3}) == 0.3
