@@ -13,8 +13,11 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 import config
@@ -71,16 +74,44 @@ def log_prior(labels, num_classes):
     return (counts / counts.sum()).log()
 
 
-def make_loaders(cfg, train_samples, val_samples, store, device):
-    g = torch.Generator()
-    g.manual_seed(cfg.seed)
+def init_distributed(cfg) -> tuple[int, int]:
+    """(rank, world size). torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; plain `python train.py` is a world of one.
+    NCCL with one GPU per process on CUDA, Gloo on CPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    cuda = cfg.resolved_device().startswith("cuda")
+    dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        cfg.device = f"cuda:{local}"
+    return dist.get_rank(), dist.get_world_size()
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def make_loaders(cfg, train_samples, val_samples, store, device, rank=0, world=1):
     kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=dataset.collate,
               pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
     train_ds = dataset.TrackletDataset(train_samples, store, cfg.seq_len, cfg.train_sampling, cfg.use_anchor)
     val_ds = dataset.TrackletDataset(val_samples, store, cfg.seq_len, cfg.eval_sampling, cfg.use_anchor)
-    # drop_last: a batch of one breaks BatchNorm in the heads
-    train = DataLoader(train_ds, shuffle=True, generator=g, drop_last=len(train_ds) > cfg.batch_size, **kw)
+    drop = len(train_ds) > cfg.batch_size * world  # a batch of one breaks BatchNorm in the heads
+    if world > 1:  # every rank shuffles with the same seed and takes its own disjoint share
+        train = DataLoader(train_ds, sampler=DistributedSampler(train_ds, world, rank, shuffle=True, seed=cfg.seed,
+                                                                drop_last=True), drop_last=drop, **kw)
+        return train, DataLoader(val_ds, sampler=DistributedSampler(val_ds, world, rank, shuffle=False), **kw)
+    train = DataLoader(train_ds, shuffle=True, generator=torch.Generator(), drop_last=drop, **kw)
     return train, DataLoader(val_ds, shuffle=False, **kw)
+
+
+def set_epoch(loader, seed: int, epoch: int) -> None:
+    """The shuffle order depends on (seed, epoch) only, so a resumed run sees the batches an unbroken run would."""
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    else:
+        loader.generator.manual_seed(seed + epoch)
 
 
 def prepare_batch(batch, cfg, device, train: bool):
@@ -98,10 +129,12 @@ def prepare_batch(batch, cfg, device, train: bool):
 def train_one_epoch(model, criterion, optimizer, loader, device, dtype, scaler, cfg, epoch):
     model.train()
     totals = {"loss": 0.0, "n": 0, "skipped_steps": 0}
+    seen = []
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs} train", leave=False, dynamic_ncols=True)
     for step, batch in enumerate(bar):
         if cfg.max_steps and step >= cfg.max_steps:
             break
+        seen += batch["index"].tolist()
         x, mask, tens, units, number = prepare_batch(batch, cfg, device, train=True)
         mix = cfg.mixup_alpha > 0 and random.random() < cfg.mixup_prob
         lam, perm = (np.random.beta(cfg.mixup_alpha, cfg.mixup_alpha), torch.randperm(x.shape[0], device=device)) \
@@ -130,7 +163,11 @@ def train_one_epoch(model, criterion, optimizer, loader, device, dtype, scaler, 
         totals["loss"] += loss.item() * x.shape[0]
         totals["n"] += x.shape[0]
         bar.set_postfix(loss=f"{totals['loss'] / totals['n']:.3f}")
-    return {"loss": totals["loss"] / max(totals["n"], 1), "skipped_steps": totals["skipped_steps"]}
+    if distributed():  # the epoch's loss over every rank's share
+        t = torch.tensor([totals["loss"], totals["n"], totals["skipped_steps"]], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        totals = {"loss": t[0].item(), "n": t[1].item(), "skipped_steps": int(t[2].item())}
+    return {"loss": totals["loss"] / max(totals["n"], 1), "skipped_steps": totals["skipped_steps"], "indices": seen}
 
 
 @torch.inference_mode()
@@ -153,8 +190,19 @@ def predict_loader(model, loader, device, dtype, cfg, criterion=None, desc="eval
         for k, v in zip(keep, (p_num, p_tens, p_units, tens, units, number, batch["index"], out["attention"], logits)):
             keep[k].append(v.float().cpu() if v.is_floating_point() else v.cpu())
     res = {k: torch.cat(v) if v else torch.empty(0) for k, v in keep.items()}
-    res["loss"] = loss_sum / max(n, 1)
-    return res
+    res["loss"], res["n"] = loss_sum / max(n, 1), n
+    return gather_ranks(res) if distributed() else res
+
+
+def gather_ranks(res):
+    """Every rank gets every rank's predictions; DistributedSampler pads with repeats, so each sample once."""
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, res)
+    n = sum(p["n"] for p in parts)
+    cat = {k: torch.cat([p[k] for p in parts]) for k in res if k not in ("loss", "n")}
+    first = torch.as_tensor(np.unique(cat["index"].numpy(), return_index=True)[1])
+    return {**{k: v[first] for k, v in cat.items()}, "loss": sum(p["loss"] * p["n"] for p in parts) / max(n, 1),
+            "n": n}
 
 
 def digit_metrics(res) -> dict:
@@ -365,25 +413,7 @@ def add_graph(writer, model, example):
         log.warning("warning: could not add the model graph to TensorBoard (%s)", type(err).__name__)
 
 
-def main(argv=None):
-    cfg, extra = config.load(argv, extras={"resume": ""})
-    run_name = cfg.run_name or time.strftime("run_%Y%m%d_%H%M%S")
-    utils.setup_logging(os.path.join(cfg.log_dir, run_name, "train.log"))
-    utils.seed_everything(cfg.seed)
-    device = utils.device_of(cfg)
-    dtype = utils.amp_dtype(device, cfg.amp)
-    log.info("device %s, autocast %s, method %s", device, dtype or "off (float32)", cfg.method)
-
-    samples, store, skipped = utils.load_samples(cfg, cfg.train_classes)
-    train_samples, val_samples = dataset.split(samples, cfg.val_split, cfg.seed, cfg.split_by)
-    log.info("%d training / %d validation sub-tracklets of numbers %s", len(train_samples), len(val_samples),
-             cfg.train_classes)
-    for n, cov in cfg.digit_coverage().items():
-        seen = lambda ok: "seen" if ok else "NEVER SEEN"  # noqa: E731
-        log.info("test number %d: tens digit %d %s in training, units digit %d %s", n, cov["tens"] % 10,
-                 seen(cov["tens_seen"]), cov["units"], seen(cov["units_seen"]))
-    train_loader, val_loader = make_loaders(cfg, train_samples, val_samples, store, device)
-
+def build_model(cfg, device):
     model = model_lib.build(cfg)
     if not model.pretrained_loaded and cfg.freeze_fraction > 0:
         # frozen random filters are just noise: with no ImageNet weights every layer has to learn
@@ -394,9 +424,60 @@ def main(argv=None):
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     total, trainable = model_lib.count_parameters(model)
-    log.info("JerseyTemporalNet(%s, head=%s): %.2fM parameters, %.2fM trainable", cfg.backbone, cfg.head,
-             total / 1e6, trainable / 1e6)
+    log.info("JerseyTemporalNet(%s, head=%s, reader=%s): %.2fM parameters, %.2fM trainable", cfg.backbone, cfg.head,
+             cfg.reader, total / 1e6, trainable / 1e6)
+    return model
 
+
+def resume(path, model, optimizer, scheduler, scaler):
+    """Restore everything a checkpoint holds; returns (start epoch, best acc, history, early-stopping state)."""
+    ck = utils.load_checkpoint(path)
+    try:
+        unwrap(model).load_state_dict(ck["model"])
+    except RuntimeError as err:  # resuming with other architecture settings than the checkpoint's
+        raise utils.CheckpointError(f"{path} does not match this configuration "
+                                    f"({str(err).splitlines()[0][:160]})") from None
+    optimizer.load_state_dict(ck["optimizer"])
+    scheduler.load_state_dict(ck["scheduler"])
+    scaler.load_state_dict(ck["scaler"])
+    restore_rng(ck["rng"])
+    log.info("resumed from %s at epoch %d", path, ck["epoch"] + 2)
+    return ck["epoch"] + 1, ck["best_acc"], ck["history"], ck["early_stopping"]
+
+
+def load_data(cfg, rank):
+    """Rank 0 generates/decodes first; the others then read its cache instead of racing to write it."""
+    if rank > 0:
+        dist.barrier()
+    samples, store, skipped = utils.load_samples(cfg, cfg.train_classes)
+    if rank == 0 and distributed():
+        dist.barrier()
+    return samples, store, skipped
+
+
+def main(argv=None):
+    cfg, extra = config.load(argv, extras={"resume": ""})
+    rank, world = init_distributed(cfg)
+    run_name = cfg.run_name or time.strftime("run_%Y%m%d_%H%M%S")
+    utils.setup_logging(os.path.join(cfg.log_dir, run_name, "train.log") if rank == 0 else "")
+    if rank > 0:
+        log.setLevel("WARNING")  # one rank speaks
+    utils.seed_everything(cfg.seed + rank)  # DDP copies rank 0's initial weights to every rank
+    device = utils.device_of(cfg)
+    dtype = utils.amp_dtype(device, cfg.amp)
+    log.info("device %s x %d process(es), autocast %s, method %s", device, world, dtype or "off (float32)", cfg.method)
+
+    samples, store, skipped = load_data(cfg, rank)
+    train_samples, val_samples = dataset.split(samples, cfg.val_split, cfg.seed, cfg.split_by)
+    log.info("%d training / %d validation sub-tracklets of numbers %s", len(train_samples), len(val_samples),
+             cfg.train_classes)
+    for n, cov in cfg.digit_coverage().items():
+        seen = lambda ok: "seen" if ok else "NEVER SEEN"  # noqa: E731
+        log.info("test number %d: tens digit %d %s in training, units digit %d %s", n, cov["tens"] % 10,
+                 seen(cov["tens_seen"]), cov["units"], seen(cov["units_seen"]))
+    train_loader, val_loader = make_loaders(cfg, train_samples, val_samples, store, device, rank, world)
+
+    model = build_model(cfg, device)
     criterion = Criterion(cfg, [s.number for s in train_samples], device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
@@ -407,29 +488,22 @@ def main(argv=None):
     ckpt_dir = cfg.checkpoint_dir
     if extra["resume"]:
         path = os.path.join(ckpt_dir, "last.pth") if extra["resume"] in ("1", "true", "True") else extra["resume"]
-        ck = utils.load_checkpoint(path)
-        try:
-            unwrap(model).load_state_dict(ck["model"])
-        except RuntimeError as err:  # resuming with other architecture settings than the checkpoint's
-            raise utils.CheckpointError(f"{path} does not match this configuration "
-                                        f"({str(err).splitlines()[0][:160]})") from None
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
-        start, best_acc, history, stopper = ck["epoch"] + 1, ck["best_acc"], ck["history"], ck["early_stopping"]
-        restore_rng(ck["rng"])
-        log.info("resumed from %s at epoch %d", path, start + 1)
+        start, best_acc, history, stopper = resume(path, model, optimizer, scheduler, scaler)
+    if world > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    writer = make_writer(cfg, run_name)
+    writer = make_writer(cfg, run_name) if rank == 0 else None
     if writer is not None and start == 0:
-        b = next(iter(val_loader))
-        add_graph(writer, model, prepare_batch(b, cfg, device, train=False)[0])
+        with torch.random.fork_rng(devices=[]):  # a picture of the graph must not shift training's RNG
+            add_graph(writer, model, prepare_batch(next(iter(val_loader)), cfg, device, train=False)[0])
     counts = np.bincount([s.number for s in train_samples], minlength=100)
     best_threshold = None
-    extras = {"skipped": dict(skipped), "train_counts": {int(n): int(c) for n, c in enumerate(counts) if c}}
+    extras = {"skipped": dict(skipped), "train_counts": {int(n): int(c) for n, c in enumerate(counts) if c},
+              "world_size": world}
     try:
         for epoch in range(start, cfg.epochs):
             t0 = time.time()
+            set_epoch(train_loader, cfg.seed, epoch)
             tr = train_one_epoch(model, criterion, optimizer, train_loader, device, dtype, scaler, cfg, epoch)
             res = predict_loader(model, val_loader, device, dtype, cfg, criterion, desc="validate")
             lr = optimizer.param_groups[0]["lr"]
@@ -439,8 +513,8 @@ def main(argv=None):
                    "skipped_steps": tr["skipped_steps"], "seconds": time.time() - t0,
                    **{f"val_{k}": v for k, v in m.items()}}
             history.append(row)
-            log_tensorboard(writer, row, lr)
-            log_tensorboard_media(writer, model, val_loader, res, cfg, device, dtype, row["epoch"])
+            if world > 1:  # which samples this rank trained on, so disjoint shares can be checked
+                utils.atomic_save(tr["indices"], os.path.join(cfg.log_dir, run_name, f"rank{rank}_samples.json"))
             improved = m["acc"] > best_acc
             best_acc = max(best_acc, m["acc"])
             if res["loss"] < stopper["best_loss"] - cfg.min_delta:
@@ -453,33 +527,44 @@ def main(argv=None):
             extras["uncertain_threshold"] = uncertain_threshold(res)  # each checkpoint: its own weights' value
             if improved:
                 best_threshold = extras["uncertain_threshold"]
-            state = checkpoint_state(model, optimizer, scheduler, scaler, cfg, epoch, best_acc, history, stopper,
-                                     extras)
-            utils.atomic_save(state, os.path.join(ckpt_dir, "last.pth"))
-            if improved:
-                utils.atomic_save(state, os.path.join(ckpt_dir, "best_model.pth"))
+            if rank == 0:
+                log_tensorboard(writer, row, lr)
+                log_tensorboard_media(writer, model, val_loader, res, cfg, device, dtype, row["epoch"])
+                state = checkpoint_state(model, optimizer, scheduler, scaler, cfg, epoch, best_acc, history, stopper,
+                                         extras)
+                utils.atomic_save(state, os.path.join(ckpt_dir, "last.pth"))
+                if improved:
+                    utils.atomic_save(state, os.path.join(ckpt_dir, "best_model.pth"))
             if stopper["bad_epochs"] >= cfg.patience:
                 log.info("early stopping: validation loss has not improved for %d epochs", cfg.patience)
                 break
     except KeyboardInterrupt:
         log.info("interrupted: checkpoints so far are kept; continue with python train.py --resume")
     finally:
-        plot_curves(history, os.path.join(cfg.results_dir, "training_curves.png"))
-        if writer is not None:
-            if history:
-                last = history[-1]
-                writer.add_hparams({k: v for k, v in config.to_dict(cfg).items() if isinstance(v, (int, float, str, bool))},
-                                   {"hparam/best_val_acc": best_acc, "hparam/final_val_loss": last["val_loss"],
-                                    **{f"hparam/final_val_{k}": last[f"val_{k}"]
-                                       for k in ("acc", "tens_acc", "units_acc", "both_acc")}},
-                                   run_name=".")
-            writer.close()
-        utils.atomic_save({"best_val_acc": best_acc, "epochs": len(history), "skipped": dict(skipped),
-                           "uncertain_threshold": best_threshold, "history": history},
-                          os.path.join(cfg.results_dir, "training_results.json"))
+        if rank == 0:
+            finish(cfg, writer, history, best_acc, best_threshold, skipped)
+        if distributed():
+            dist.destroy_process_group()
     log.info("best validation accuracy %.2f%%. Next:\n  python evaluate.py --checkpoint %s\n  tensorboard --logdir %s",
              best_acc, os.path.join(ckpt_dir, "best_model.pth"), cfg.log_dir)
     return best_acc, history
+
+
+def finish(cfg, writer, history, best_acc, best_threshold, skipped):
+    """Curves, hparams with the final metrics and a small results file; runs even after a crash."""
+    plot_curves(history, os.path.join(cfg.results_dir, "training_curves.png"))
+    if writer is not None:
+        if history:
+            last = history[-1]
+            writer.add_hparams({k: v for k, v in config.to_dict(cfg).items() if isinstance(v, (int, float, str, bool))},
+                               {"hparam/best_val_acc": best_acc, "hparam/final_val_loss": last["val_loss"],
+                                **{f"hparam/final_val_{k}": last[f"val_{k}"]
+                                   for k in ("acc", "tens_acc", "units_acc", "both_acc")}},
+                               run_name=".")
+        writer.close()
+    utils.atomic_save({"best_val_acc": best_acc, "epochs": len(history), "skipped": dict(skipped),
+                       "uncertain_threshold": best_threshold, "history": history},
+                      os.path.join(cfg.results_dir, "training_results.json"))
 
 
 if __name__ == "__main__":

@@ -98,4 +98,4 @@ def test_missing_data_is_a_clear_error(tmp_path):
         train.main([f"--data_root={tmp_path / 'none'}"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="no sub-tracklet"):
-        train.main([f"--data_root={tmp_path / 'empty'}", "--pretrained=false"])
+        train.main([f"--data_root={tmp_path / 'empty'}", "--pretrained=false", f"--log_dir={tmp_path / 'logs'}"])
