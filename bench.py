@@ -1,0 +1,215 @@
+"""Speed and memory benchmark: this repo's path against the original recipe's way of doing the same work.
+
+    python bench.py                      # ~2-3 minutes on a 2-core CPU; writes results/bench.json
+    python bench.py --device=cuda --bench_steps=50
+
+Measured (sequences per second unless noted):
+  train_model_bound      train steps on tensors already in memory (the ceiling for end-to-end training)
+  train_end_to_end       train_one_epoch on the embedded data: cached uint8 frames, batched augmentation
+  train_reference        the original way: float32, contiguous tensors, every frame decoded, sharpened,
+                         resized and augmented with PIL in __getitem__ on every epoch
+  pipeline / pipeline_naive   the data pipeline alone (ours / the PIL-per-frame one), no model
+  infer_model_bound      inference on in-memory tensors at batch 64
+  infer_end_to_end       from image files: decode once (parallel) + batched inference at batch 64
+  infer_reference        from image files, PIL per frame, float32, batch 64
+  latency_ms_batch1      one tracklet, model only
+"""
+import dataclasses
+import os
+import platform
+import resource
+import time
+
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+import config
+import dataset
+import model as model_lib
+import train
+import utils
+
+log = utils.log
+
+
+class NaiveTrackletDataset(Dataset):
+    """The original recipe's data path: PIL decode + sharpen + resize + PIL augmentation per frame, per epoch."""
+
+    def __init__(self, samples, cfg, train_mode: bool):
+        self.samples, self.cfg = samples, cfg
+        aug = [T.RandomAffine(5, translate=(0.05, 0.05), scale=(0.95, 1.05)), T.ColorJitter(0.2, 0.2)] \
+            if train_mode else []
+        self.tf = T.Compose(aug + [T.ToTensor(), T.Normalize(dataset.MEAN.tolist(), dataset.STD.tolist())])
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        s = self.samples[i]
+        idx = dataset.select_frames(len(s.frames), s.anchor, self.cfg.seq_len, "uniform", None)
+        frames = [self.tf(Image.fromarray(dataset.load_frame(s.frames[j], self.cfg.img_size, self.cfg.sharpen)))
+                  for j in idx]
+        t, u = dataset.decompose(s.number)
+        return torch.stack(frames), t, u, s.number
+
+
+def rate(fn, n_items: int, steps: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return n_items * steps / (time.perf_counter() - t0)
+
+
+def make_model(cfg, device, fast: bool):
+    net = model_lib.build(cfg, pretrained=False)
+    net.channels_last = fast and cfg.channels_last
+    net.to(device)
+    if net.channels_last:
+        net.to(memory_format=torch.channels_last)
+    return net
+
+
+def model_bound(cfg, device, dtype, steps):
+    """Train and inference rates on random tensors in memory."""
+    net = make_model(cfg, device, dtype is not None)
+    crit = train.Criterion(cfg, cfg.train_classes, device)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    B = cfg.batch_size
+    x = torch.randn(B, cfg.seq_len, 3, cfg.img_size, cfg.img_size, device=device)
+    labels = [torch.randint(0, 10, (B,), device=device) for _ in range(3)]
+
+    def step():
+        with utils.autocast(device, dtype):
+            loss = crit(net(x), *labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    net.train()
+    train_rate = rate(step, B, steps)
+    xi = torch.randn(64, cfg.seq_len, 3, cfg.img_size, cfg.img_size, device=device)
+    net.eval()
+    with torch.inference_mode(), utils.autocast(device, dtype):
+        infer_rate = rate(lambda: net(xi), 64, max(2, steps // 4))
+        latency = 1000.0 / rate(lambda: net(xi[:1]), 1, steps)
+    return train_rate, infer_rate, latency
+
+
+def pipeline_rates(cfg, samples, store, steps):
+    ours = dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.train_sampling, cfg.use_anchor)
+    ours_loader = DataLoader(ours, batch_size=cfg.batch_size, shuffle=True, collate_fn=dataset.collate)
+    naive_loader = DataLoader(NaiveTrackletDataset(samples, cfg, True), batch_size=cfg.batch_size, shuffle=True)
+
+    def ours_batch(it=[iter(ours_loader)]):
+        b = next(it[0], None)
+        if b is None:
+            it[0] = iter(ours_loader)
+            b = next(it[0])
+        train.prepare_batch(b, cfg, torch.device("cpu"), train=True)
+    it = iter(naive_loader)
+    return rate(ours_batch, cfg.batch_size, steps), rate(lambda: next(it), cfg.batch_size, max(2, steps // 4), 1)
+
+
+def end_to_end_train(cfg, samples, store, device, dtype, steps, reference: bool):
+    net = make_model(cfg, device, not reference)
+    crit = train.Criterion(cfg, [s.number for s in samples], device)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    run = dataclasses.replace(cfg, max_steps=steps, epochs=1)
+    if reference:
+        loader = DataLoader(NaiveTrackletDataset(samples, cfg, True), batch_size=cfg.batch_size, shuffle=True,
+                            collate_fn=_naive_collate)
+        t0 = time.perf_counter()
+        n = _reference_train(net, crit, opt, loader, device, steps)
+        return n / (time.perf_counter() - t0)
+    loader = DataLoader(dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.train_sampling, cfg.use_anchor),
+                        batch_size=cfg.batch_size, shuffle=True, collate_fn=dataset.collate, drop_last=True)
+    train.train_one_epoch(net, crit, opt, loader, device, dtype, scaler, dataclasses.replace(run, max_steps=2), 0)
+    t0 = time.perf_counter()
+    train.train_one_epoch(net, crit, opt, loader, device, dtype, scaler, run, 0)
+    return min(steps, len(loader)) * cfg.batch_size / (time.perf_counter() - t0)
+
+
+def _naive_collate(batch):
+    x, t, u, n = zip(*batch)
+    return torch.stack(x), torch.tensor(t), torch.tensor(u), torch.tensor(n)
+
+
+def _reference_train(net, crit, opt, loader, device, steps):
+    net.train()
+    n = 0
+    for k, (x, t, u, num) in enumerate(loader):
+        if k >= steps:
+            break
+        loss = crit(net(x.to(device)), t.to(device), u.to(device), num.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        n += x.shape[0]
+    return n
+
+
+def end_to_end_infer(cfg, samples, device, dtype, reference: bool):
+    """From image files to numbers for every sample."""
+    net = make_model(cfg, device, not reference).eval()
+    t0 = time.perf_counter()
+    if reference:
+        loader = DataLoader(NaiveTrackletDataset(samples, cfg, False), batch_size=64, collate_fn=_naive_collate)
+        with torch.inference_mode():
+            for x, *_ in loader:
+                net(x.to(device))
+    else:
+        store = dataset.FrameStore(samples, cfg.img_size, cfg.sharpen, cache_dir="")  # no cache: decode for real
+        ds = dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.eval_sampling, use_anchor=False)
+        loader = DataLoader(ds, batch_size=64, collate_fn=dataset.collate)
+        with torch.inference_mode(), utils.autocast(device, dtype):
+            for b in loader:
+                net(train.prepare_batch(b, cfg, device, train=False)[0])
+    return len(samples) / (time.perf_counter() - t0)
+
+
+def main(argv=None):
+    cfg, extra = config.load(argv, extras={"bench_steps": 12, "bench_scale": 0.03, "out": ""})
+    utils.setup_logging()
+    utils.seed_everything(cfg.seed)
+    cfg.synth_scale, cfg.pretrained = extra["bench_scale"], False
+    device = utils.device_of(cfg)
+    dtype = utils.amp_dtype(device, cfg.amp)
+    steps = extra["bench_steps"]
+    samples, store, _ = utils.load_samples(cfg, cfg.train_classes)
+    samples = samples[: max(cfg.batch_size * (steps + 3), 64)]
+    r = {"device": str(device), "autocast": str(dtype), "threads": torch.get_num_threads(),
+         "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "samples": len(samples),
+         "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "img_size": cfg.img_size}
+    log.info("benchmarking on %s (%s autocast, %d threads)", device, dtype, r["threads"])
+    r["train_model_bound_seq_per_s"], r["infer_model_bound_seq_per_s"], r["latency_ms_batch1"] = \
+        model_bound(cfg, device, dtype, steps)
+    r["pipeline_seq_per_s"], r["pipeline_naive_seq_per_s"] = pipeline_rates(cfg, samples, store, steps)
+    r["train_end_to_end_seq_per_s"] = end_to_end_train(cfg, samples, store, device, dtype, steps, False)
+    r["train_reference_seq_per_s"] = end_to_end_train(cfg, samples, store, device, None, max(3, steps // 2), True)
+    r["infer_end_to_end_seq_per_s"] = end_to_end_infer(cfg, samples, device, dtype, False)
+    r["infer_reference_seq_per_s"] = end_to_end_infer(cfg, samples, device, None, True)
+    r["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    r["ratios"] = {
+        "train_end_to_end_vs_reference": r["train_end_to_end_seq_per_s"] / r["train_reference_seq_per_s"],
+        "train_end_to_end_vs_model_bound": r["train_end_to_end_seq_per_s"] / r["train_model_bound_seq_per_s"],
+        "infer_end_to_end_vs_reference": r["infer_end_to_end_seq_per_s"] / r["infer_reference_seq_per_s"],
+        "pipeline_vs_naive": r["pipeline_seq_per_s"] / r["pipeline_naive_seq_per_s"],
+    }
+    out = extra["out"] or os.path.join(cfg.results_dir, "bench.json")
+    utils.atomic_save(r, out)
+    for k, v in r.items():
+        if isinstance(v, float):
+            log.info("%-32s %10.2f", k, v)
+    for k, v in r["ratios"].items():
+        log.info("%-32s %9.2fx", k, v)
+    log.info("wrote %s", out)
+    return r
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+import json
+
+import bench
+
+KEYS = ("train_model_bound_seq_per_s", "train_end_to_end_seq_per_s", "pipeline_seq_per_s", "pipeline_naive_seq_per_s",
+        "infer_model_bound_seq_per_s", "infer_end_to_end_seq_per_s", "latency_ms_batch1", "peak_rss_mb",
+        "train_reference_seq_per_s", "infer_reference_seq_per_s")
+
+
+def test_bench_writes_every_key(tmp_path):
+    out = tmp_path / "bench.json"
+    r = bench.main([f"--out={out}", "--bench_steps=2", "--bench_scale=0.01", f"--synth_root={tmp_path / 'synth'}",
+                    f"--cache_dir={tmp_path / 'cache'}", "--img_size=32", "--batch_size=4", "--lstm_hidden=32",
+                    "--head_hidden=32", "--train_classes=4,6,8,9,49,66,89"])
+    saved = json.loads(out.read_text())
+    for k in KEYS:
+        assert saved[k] == r[k] and saved[k] > 0, k
+    assert set(saved["ratios"]) == {"train_end_to_end_vs_reference", "train_end_to_end_vs_model_bound",
+                                    "infer_end_to_end_vs_reference", "pipeline_vs_naive"}
+    assert saved["torch"] and saved["threads"] >= 1
