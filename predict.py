@@ -24,7 +24,6 @@ import csv
 import dataclasses
 import inspect
 import io
-import json
 import os
 import sys
 import warnings

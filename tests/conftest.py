@@ -3,6 +3,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,3 +29,12 @@ def tiny_root(tmp_path):
                 write_tracklet(root / str(n) / f"player_{seq}_seq_{seq}" / str(sub), 4 + sub,
                                anchor=1 if sub == 0 else None, text=str(n), seed=n * 10 + seq)
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from a second thread, and on a busy machine its spin-waits cost seconds."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,15 +20,6 @@ NUMBERS = (4, 6, 49)
 THRESHOLD = 0.6  # stored in the checkpoint as if train.py had chosen it
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a busy machine its spin-waits cost seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def fit(net, samples, cfg, steps=30):
     """Fit the digit heads on the (random) backbone's embeddings of the tracklets predict.py will see: cheap,
     and the checkpoint then makes real, confident predictions to compare INT8 against."""

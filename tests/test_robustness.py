@@ -28,15 +28,6 @@ TEST_SKIPS = {"folder name not a number 0..99": 4, "symlinked folder not followe
               "unreadable image": 1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a busy machine its spin-waits cost seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def fuzz_tree(root: Path) -> None:
     """Good tracklets of 4, 49 (train) and 48 (test), plus every kind of bad input next to them."""
     for n, seqs in ((4, 3), (49, 3), (48, 2)):
