@@ -16,7 +16,6 @@ import warnings
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torchvision
 
 EMPTY = 10
