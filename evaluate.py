@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 import config
 import dataset
+import plots
 import train
 import utils
 from dataset import EMPTY
@@ -143,54 +144,6 @@ def score(res, cfg, train_counts) -> dict:
     return {name: rule_metrics(*d, res, base) for name, d in decoded.items()}, decoded
 
 
-# ---- plots -----------------------------------------------------------------------------------------------
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def plot_confusion(res, decoded, path):
-    import seaborn as sns
-    from sklearn.metrics import confusion_matrix
-    plt = _plt()
-    t, u = decoded[0], decoded[1]
-    fig, ax = plt.subplots(1, 2, figsize=(13, 5.5))
-    tens_labels = [str(i) for i in range(10)] + ["empty"]
-    for a, true, pred, labels, title in ((ax[0], res["tens"], t, tens_labels, "tens digit"),
-                                         (ax[1], res["units"], u, tens_labels[:10], "units digit")):
-        cm = confusion_matrix(true.numpy(), pred.numpy(), labels=list(range(len(labels))))
-        sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", xticklabels=labels, yticklabels=labels, ax=a, cbar=False)
-        a.set(title=title, xlabel="predicted", ylabel="true")
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def plot_per_number(per_num: dict, path, title):
-    plt = _plt()
-    nums = list(per_num)
-    acc = [per_num[n]["accuracy"] for n in nums]
-    colours = ["tab:green" if a >= 80 else "tab:orange" if a >= 60 else "tab:red" for a in acc]
-    fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(nums) + 2), 4))
-    bars = ax.bar(range(len(nums)), acc, color=colours, tick_label=nums)
-    for b, n in zip(bars, nums):
-        ax.text(b.get_x() + b.get_width() / 2, b.get_height() + 1, f"{per_num[n]['correct']}/{per_num[n]['total']}",
-                ha="center", fontsize=8)
-    ax.set(ylim=(0, 108), ylabel="accuracy (%)", xlabel="jersey number", title=title)
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def _save(fig, path):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-    _plt().close(fig)
-
-
 # ---- temporal stability ----------------------------------------------------------------------------------
 
 class FrameModeDataset(dataset.TrackletDataset):
@@ -251,38 +204,6 @@ def score_not_visible(model, cfg, device, dtype, threshold: float) -> dict | Non
         out["abstained"] = int((res["p_num"].max(1).values < threshold).sum())
         out["accuracy"] = round(100.0 * out["abstained"] / len(samples), 2)
     return out
-
-
-def plot_mistakes(res, pred, conf, ds, path, k=8) -> int:
-    """Gallery of the k most confident wrong answers: the frames the model saw (evaluation sampling), true vs
-    predicted number, confidence. Returns how many are shown."""
-    plt = _plt()
-    wrong = torch.nonzero(pred != res["number"]).flatten()
-    worst = wrong[conf[wrong].argsort(descending=True)][:k].tolist()
-    if not worst:
-        fig, ax = plt.subplots(figsize=(4, 1.2))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no mistakes", ha="center", va="center")
-        _save(fig, path)
-        return 0
-    with torch.random.fork_rng(devices=[]):
-        shown = [int(res["index"][j]) for j in worst]
-        frames = [ds[i][0] for i in shown]
-    T = max(len(f) for f in frames)
-    fig, axes = plt.subplots(len(worst), T, figsize=(1.2 * T + 1.4, 1.5 * len(worst) + 0.5), squeeze=False)
-    for r, (j, i, f) in enumerate(zip(worst, shown, frames)):
-        for c in range(T):
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-            if c < len(f):
-                axes[r, c].imshow(f[c].numpy())
-        axes[r, 0].set_ylabel(f"true {int(res['number'][j])}\npred {int(pred[j])}\nconf {float(conf[j]):.2f}",
-                              fontsize=8, color="tab:red")
-        axes[r, 0].set_title(os.path.join(*ds.samples[i].path.split(os.sep)[-3:]), fontsize=6, loc="left")
-    fig.suptitle("most confident mistakes", fontsize=9)
-    fig.tight_layout()
-    _save(fig, path)
-    return len(worst)
 
 
 # ---- main ------------------------------------------------------------------------------------------------
@@ -360,11 +281,11 @@ def main(argv=None):
     out = extra["out"] or os.path.join(cfg.results_dir, "evaluation_results.json" if extra["split"] == "test"
                                        else "validation_results.json")
     utils.atomic_save(results, out)
-    plot_confusion(res, decoded[cfg.rule], os.path.join(cfg.results_dir, "confusion_matrices", "confusion_matrices.png"))
-    plot_per_number(results["per_number"], os.path.join(cfg.results_dir, "per_class_accuracy.png"),
+    plots.plot_confusion(res, decoded[cfg.rule], os.path.join(cfg.results_dir, "confusion_matrices", "confusion_matrices.png"))
+    plots.plot_per_number(results["per_number"], os.path.join(cfg.results_dir, "per_class_accuracy.png"),
                     f"{extra['split']} accuracy per number ({cfg.rule})")
     gallery = os.path.join(cfg.results_dir, "worst_mistakes.png")
-    plot_mistakes(res, num, conf, dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.eval_sampling, anchor), gallery)
+    plots.plot_mistakes(res, num, conf, dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.eval_sampling, anchor), gallery)
     print_summary(results)
     log.info("wrote %s", out)
     return results

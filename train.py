@@ -23,6 +23,7 @@ from tqdm import tqdm
 import config
 import dataset
 import model as model_lib
+import plots
 import utils
 from dataset import EMPTY, decompose
 
@@ -260,29 +261,6 @@ def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def plot_curves(history, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    if not history:
-        return
-    ep = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    ax[0].plot(ep, [h["train_loss"] for h in history], label="train")
-    ax[0].plot(ep, [h["val_loss"] for h in history], label="val")
-    ax[0].set(title="loss", xlabel="epoch")
-    for k in ("acc", "tens_acc", "units_acc"):
-        ax[1].plot(ep, [h[f"val_{k}"] for h in history], label=f"val {k}")
-    ax[1].set(title="validation accuracy (%)", xlabel="epoch", ylim=(0, 100))
-    for a in ax:
-        a.legend()
-        a.grid(alpha=0.3)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def log_tensorboard(writer, row, lr):
     if writer is None:
         return
@@ -308,9 +286,9 @@ def log_tensorboard_media(writer, model, val_loader, res, cfg, device, dtype, st
     with utils.autocast(device, dtype):
         out = unwrap(model).predict(x, mask)
     out = {key: v.cpu() for key, v in out.items()}
-    writer.add_figure("Validation/tracklets", tracklet_figure(batch["frames"], batch["number"], out), step)
-    writer.add_figure("Validation/attention", attention_figure(out["attention"], batch["number"]), step)
-    writer.add_figure("Validation/confusion_matrix", confusion_figure(res["number"], res["p_num"].argmax(1)), step)
+    writer.add_figure("Validation/tracklets", plots.tracklet_figure(batch["frames"], batch["number"], out), step)
+    writer.add_figure("Validation/attention", plots.attention_figure(out["attention"], batch["number"]), step)
+    writer.add_figure("Validation/confusion_matrix", plots.confusion_figure(res["number"], res["p_num"].argmax(1)), step)
     writer.flush()
 
 
@@ -321,66 +299,6 @@ def showcase(samples, k: int) -> list[int]:
         first.setdefault(s.number, i)
     picks = [first[n] for n in sorted(first)][:k]
     return picks + [i for i in range(len(samples)) if i not in picks][:k - len(picks)]
-
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def tracklet_figure(frames, true, out):
-    """Rows: tracklets (true, predicted, confidence); columns: the frames the model saw, with attention."""
-    plt = _pyplot()
-    n, T = frames.shape[:2]
-    fig, axes = plt.subplots(n, T, figsize=(1.2 * T + 1.0, 1.4 * n + 0.2), squeeze=False)
-    for r in range(n):
-        for c in range(T):
-            axes[r, c].imshow(frames[r, c].numpy())
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-            axes[r, c].set_title(f"attn {float(out['attention'][r, c]):.2f}", fontsize=7)
-        right = int(out["number"][r]) == int(true[r])
-        axes[r, 0].set_ylabel(f"true {int(true[r])}\npred {int(out['number'][r])} ({float(out['confidence'][r]):.2f})",
-                              fontsize=8, color="tab:green" if right else "tab:red")
-    fig.tight_layout()
-    return fig
-
-
-def attention_figure(attn, true):
-    """Temporal attention weight of every frame (columns) of the showcased tracklets (rows)."""
-    plt = _pyplot()
-    n, T = attn.shape
-    fig, ax = plt.subplots(figsize=(0.7 * T + 1.5, 0.45 * n + 1.0))
-    ax.imshow(attn.numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
-    for r in range(n):
-        for c in range(T):
-            ax.text(c, r, f"{float(attn[r, c]):.2f}", ha="center", va="center", fontsize=7, color="white")
-    ax.set(xticks=range(T), yticks=range(n), yticklabels=[f"true {int(t)}" for t in true], xlabel="frame",
-           title="temporal attention")
-    fig.tight_layout()
-    return fig
-
-
-def confusion_figure(true, pred):
-    """Number-level confusion matrix over every number that occurs as a label or a prediction."""
-    plt = _pyplot()
-    labels = sorted(set(true.tolist()) | set(pred.tolist()))
-    pos = {n: i for i, n in enumerate(labels)}
-    cm = np.zeros((len(labels), len(labels)), int)
-    for t, p in zip(true.tolist(), pred.tolist()):
-        cm[pos[t], pos[p]] += 1
-    size = 0.4 * len(labels) + 2.5
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(cm, cmap="Blues")
-    for r, c in zip(*np.nonzero(cm)):
-        ax.text(c, r, str(cm[r, c]), ha="center", va="center", fontsize=7,
-                color="white" if cm[r, c] > cm.max() / 2 else "black")
-    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels, yticklabels=labels,
-           xlabel="predicted number", ylabel="true number", title="validation confusion")
-    fig.tight_layout()
-    return fig
 
 
 def make_writer(cfg, run_name):
@@ -552,7 +470,7 @@ def main(argv=None):
 
 def finish(cfg, writer, history, best_acc, best_threshold, skipped):
     """Curves, hparams with the final metrics and a small results file; runs even after a crash."""
-    plot_curves(history, os.path.join(cfg.results_dir, "training_curves.png"))
+    plots.plot_curves(history, os.path.join(cfg.results_dir, "training_curves.png"))
     if writer is not None:
         if history:
             last = history[-1]

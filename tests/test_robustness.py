@@ -16,6 +16,7 @@ from PIL import Image
 import config
 import dataset
 import evaluate
+import plots
 import train
 import utils
 from conftest import write_tracklet
@@ -118,9 +119,9 @@ def test_mistake_gallery_shows_the_most_confident_errors(tiny_root, tmp_path):
     pred = res["number"].clone()
     pred[[1, 5, 7]] = 99
     conf = torch.linspace(0.1, 0.9, n)
-    shown = evaluate.plot_mistakes(res, pred, conf, ds, str(tmp_path / "g.png"), k=2)
+    shown = plots.plot_mistakes(res, pred, conf, ds, str(tmp_path / "g.png"), k=2)
     assert shown == 2 and os.path.getsize(tmp_path / "g.png") > 1000
-    assert evaluate.plot_mistakes(res, res["number"], conf, ds, str(tmp_path / "none.png")) == 0
+    assert plots.plot_mistakes(res, res["number"], conf, ds, str(tmp_path / "none.png")) == 0
 
 
 # ---- SoccerNet layout ------------------------------------------------------------------------------------
