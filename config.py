@@ -25,6 +25,7 @@ class Config:
     synth_seed: int = 0
     train_classes: list[int] = field(default_factory=lambda: [4, 6, 8, 9, 49, 66, 89])
     test_classes: list[int] = field(default_factory=lambda: [48, 64, 88])
+    allow_seen_test: bool = False        # allow test numbers that are also training numbers (a plain test split)
     val_split: float = 0.2
     split_by: str = "sequence"           # 'sequence' keeps one player's sub-tracklets on one side; 'sample' = original
     img_size: int = 64
@@ -98,8 +99,9 @@ class Config:
         if not self.train_classes:
             e.append("train_classes is empty")
         overlap = sorted(set(self.train_classes) & set(self.test_classes))
-        if overlap:
-            e.append(f"train_classes and test_classes overlap on {overlap}: held-out numbers must be unseen")
+        if overlap and not self.allow_seen_test:
+            e.append(f"train_classes and test_classes overlap on {overlap}: held-out numbers must be unseen "
+                     f"(--allow_seen_test to score a test split of the training numbers, e.g. SoccerNet's)")
         if self.data_root and not os.path.isdir(self.data_root):
             e.append(f"data_root {self.data_root!r} does not exist or is not a folder")
         checks = [

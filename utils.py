@@ -136,7 +136,11 @@ def data_root(cfg) -> str:
     import synth
     root = os.path.join(cfg.synth_root, f"scale{cfg.synth_scale:g}_seed{cfg.synth_seed}")
     log.info("No data_root set: using the embedded synthetic data (--data_root=DIR for your own).")
-    return str(synth.ensure_dataset(root, scale=cfg.synth_scale, seed=cfg.synth_seed))
+    path = synth.ensure_dataset(root, scale=cfg.synth_scale, seed=cfg.synth_seed)
+    sheet = os.path.join(cfg.results_dir, "synth_samples.png")
+    if not os.path.isfile(sheet):  # one look at what the model is trained on
+        synth.contact_sheet(path, sheet)
+    return str(path)
 
 
 def load_samples(cfg, numbers, root: str | None = None, workers: int = 0):

@@ -10,7 +10,7 @@ KEYS = ("train_model_bound_seq_per_s", "train_end_to_end_seq_per_s", "pipeline_s
 def test_bench_writes_every_key(tmp_path):
     out = tmp_path / "bench.json"
     r = bench.main([f"--out={out}", "--bench_steps=2", "--bench_scale=0.01", f"--synth_root={tmp_path / 'synth'}",
-                    f"--cache_dir={tmp_path / 'cache'}", "--img_size=32", "--batch_size=4", "--lstm_hidden=32",
+                    f"--cache_dir={tmp_path / 'cache'}", f"--results_dir={tmp_path}", "--img_size=32", "--batch_size=4", "--lstm_hidden=32",
                     "--head_hidden=32", "--train_classes=4,6,8,9,49,66,89"])
     saved = json.loads(out.read_text())
     for k in KEYS:
@@ -18,3 +18,4 @@ def test_bench_writes_every_key(tmp_path):
     assert set(saved["ratios"]) == {"train_end_to_end_vs_reference", "train_end_to_end_vs_model_bound",
                                     "infer_end_to_end_vs_reference", "pipeline_vs_naive"}
     assert saved["torch"] and saved["threads"] >= 1
+    assert (tmp_path / "synth_samples.png").stat().st_size > 1000  # generated data comes with a contact sheet

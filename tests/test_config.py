@@ -71,3 +71,10 @@ def test_roundtrip_dict():
     cfg, _ = config.load(["--epochs=3"], env_file="/nonexistent")
     again = config.from_dict({**config.to_dict(cfg), "unknown_future_key": 1})
     assert again.epochs == 3 and again.train_classes == cfg.train_classes
+
+
+def test_seen_test_numbers_need_explicit_opt_in():
+    with pytest.raises(SystemExit, match="allow_seen_test"):
+        config.load(["--test_classes=4,48"], env_file="/nonexistent")
+    cfg, _ = config.load(["--test_classes=4,48", "--allow_seen_test"], env_file="/nonexistent")
+    assert cfg.test_classes == [4, 48]
