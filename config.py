@@ -13,7 +13,7 @@ import sys
 import typing
 from dataclasses import dataclass, field, fields
 
-METHODS = ("original", "suppress", "logit_adjust", "balanced_softmax", "compositional", "compose", "best")
+METHODS = ("original", "suppress", "logit_adjust", "balanced_softmax", "compositional", "compose")
 
 
 @dataclass
@@ -167,7 +167,6 @@ def apply_method(cfg: Config) -> Config:
         "balanced_softmax": {"loss": "balanced_softmax", "class_weight": "none"},
         "compositional": {"head": "compositional", "class_weight": "none", "loss": "balanced_softmax"},
         "compose": {"compose_prob": 0.5},
-        "best": {"compose_prob": 0.5, "head": "compositional", "class_weight": "none", "loss": "balanced_softmax"},
     }
     explicit = getattr(cfg, "_explicit", set())
     for k, v in presets[cfg.method].items():
