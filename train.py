@@ -212,7 +212,7 @@ def digit_metrics(res) -> dict:
         return {"acc": 0.0, "tens_acc": 0.0, "units_acc": 0.0, "both_acc": 0.0}
     pred_num = res["p_num"].argmax(1)
     pred_t, pred_u = res["p_tens"].argmax(1), res["p_units"].argmax(1)
-    true_t = res["tens"].clone()
+    true_t = res["tens"]
     pct = lambda b: 100.0 * b.float().mean().item()  # noqa: E731
     return {"acc": pct(pred_num == res["number"]), "tens_acc": pct(pred_t == true_t),
             "units_acc": pct(pred_u == res["units"]), "both_acc": pct((pred_t == true_t) & (pred_u == res["units"]))}
