@@ -38,7 +38,11 @@ class Config:
     cache_dir: str = "data/cache"        # decoded frames are cached here (uint8), keyed by path, size and mtime
     # model
     backbone: str = "resnet18"           # resnet18 | resnet34 | resnet50
-    pretrained: bool = True
+    pretrained: bool = True              # ImageNet weights (downloaded or cached by torchvision)
+    backbone_init: str = "auto"          # auto: digit-glyph pretraining when ImageNet weights are unavailable;
+                                         # none: random; or a path written by pretrain.py
+    pretrain_steps: int = 1500           # glyph pretraining budget (pretrain.py)
+    pretrain_images: int = 20000
     freeze_fraction: float = 0.6
     spatial_attention: bool = True
     temporal_attention: bool = True
@@ -102,6 +106,8 @@ class Config:
         if overlap and not self.allow_seen_test:
             e.append(f"train_classes and test_classes overlap on {overlap}: held-out numbers must be unseen "
                      f"(--allow_seen_test to score a test split of the training numbers, e.g. SoccerNet's)")
+        if self.backbone_init not in ("auto", "none") and not os.path.isfile(self.backbone_init):
+            e.append(f"backbone_init {self.backbone_init!r}: no such file (auto, none, or a pretrain.py output)")
         if self.data_root and not os.path.isdir(self.data_root):
             e.append(f"data_root {self.data_root!r} does not exist or is not a folder")
         checks = [
@@ -121,6 +127,7 @@ class Config:
             (0 < self.beta < 1, "beta must be in (0, 1)"),
             (self.empty_suppression > 0, "empty_suppression must be > 0"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
+            (self.pretrain_steps >= 1 and self.pretrain_images >= 10, "pretrain_steps >= 1 and pretrain_images >= 10"),
             (self.lstm_layers >= 1 and self.lstm_hidden >= 1, "lstm_layers and lstm_hidden must be >= 1"),
         ]
         e += [msg for ok, msg in checks if not ok]

@@ -40,6 +40,18 @@ def _resnet(name: str, pretrained: bool) -> tuple[nn.Module, bool]:
         socket.setdefaulttimeout(old)
 
 
+def load_trunk(resnet: nn.Module, path: str) -> None:
+    """Copy a pretrain.py trunk (every ResNet tensor but fc) into `resnet`; one clear error if it does not fit."""
+    try:
+        missing, unexpected = resnet.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["trunk"],
+                                                     strict=False)
+        if unexpected or [k for k in missing if not k.startswith("fc.")]:
+            raise RuntimeError(f"{len(missing)} missing and {len(unexpected)} unexpected tensors")
+    except (OSError, RuntimeError, KeyError, TypeError, EOFError) as err:
+        raise ValueError(f"backbone_init {path!r} does not fit this backbone "
+                         f"({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
+
+
 class SpatialAttention(nn.Module):
     def __init__(self, c: int):
         super().__init__()
@@ -80,11 +92,14 @@ class DigitHead(nn.Module):
 class JerseyTemporalNet(nn.Module):
     def __init__(self, backbone="resnet18", pretrained=True, freeze_fraction=0.6, spatial_attention=True,
                  temporal_attention=True, lstm_hidden=256, lstm_layers=2, dropout=0.3, head_hidden=256,
-                 head="digits", channels_last=False, reader="pooled"):
+                 head="digits", channels_last=False, reader="pooled", init_path=""):
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {list(BACKBONES)}, got {backbone!r}")
         resnet, self.pretrained_loaded = _resnet(backbone, pretrained)
+        if init_path and not self.pretrained_loaded:
+            load_trunk(resnet, init_path)
+            self.pretrained_loaded = True
         self.backbone = nn.Sequential(*list(resnet.children())[:-2])  # drop avgpool and fc
         c = BACKBONES[backbone]
         self.spatial = SpatialAttention(c) if spatial_attention else nn.Identity()
@@ -194,13 +209,15 @@ def number_probs(p_tens, p_units):
     return torch.cat([single, two], 1)
 
 
-def build(cfg, pretrained: bool | None = None) -> JerseyTemporalNet:
-    """The one place a model is made from a config (train, evaluate, analyze and checkpoints use it)."""
+def build(cfg, pretrained: bool | None = None, init_path: str = "") -> JerseyTemporalNet:
+    """The one place a model is made from a config (train, evaluate, analyze and checkpoints use it).
+    `init_path`: pretrain.py trunk weights, used when ImageNet weights are off or cannot be had."""
     return JerseyTemporalNet(backbone=cfg.backbone, pretrained=cfg.pretrained if pretrained is None else pretrained,
                              freeze_fraction=cfg.freeze_fraction, spatial_attention=cfg.spatial_attention,
                              temporal_attention=cfg.temporal_attention, lstm_hidden=cfg.lstm_hidden,
                              lstm_layers=cfg.lstm_layers, dropout=cfg.dropout, head_hidden=cfg.head_hidden,
-                             head=cfg.head, channels_last=cfg.channels_last, reader=cfg.reader)
+                             head=cfg.head, channels_last=cfg.channels_last, reader=cfg.reader,
+                             init_path=init_path)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -24,6 +24,7 @@ import config
 import dataset
 import model as model_lib
 import plots
+import pretrain
 import utils
 from dataset import EMPTY, decompose
 
@@ -331,8 +332,32 @@ def add_graph(writer, model, example):
         log.warning("warning: could not add the model graph to TensorBoard (%s)", type(err).__name__)
 
 
-def build_model(cfg, device):
-    model = model_lib.build(cfg)
+def glyph_init(cfg, rank: int, make: bool) -> str:
+    """Path of pretrain.py trunk weights to start from when ImageNet weights are not loaded ('' = random).
+    backbone_init=auto stands in for wanted-but-unavailable ImageNet weights: the trunk is pretrained once
+    (on rank 0) and cached; `make` is False on the first try, so nothing is made if ImageNet loads."""
+    if cfg.backbone_init == "none" or (cfg.backbone_init == "auto" and not cfg.pretrained):
+        return ""
+    if cfg.backbone_init != "auto":
+        return cfg.backbone_init
+    path = pretrain.weights_path(cfg)
+    if make and not os.path.exists(path):
+        if rank == 0:
+            log.info("no ImageNet weights: pretraining the %s trunk on rendered digits first (%d steps, "
+                     "cached as %s; --backbone_init=none to skip)", cfg.backbone, cfg.pretrain_steps, path)
+            pretrain.pretrain(cfg, path)
+        if distributed():
+            dist.barrier()
+    return path if os.path.exists(path) else ""
+
+
+def build_model(cfg, device, rank=0):
+    init_rng = torch.get_rng_state()
+    model = model_lib.build(cfg, init_path=glyph_init(cfg, rank, make=False))
+    if not model.pretrained_loaded and cfg.pretrained and cfg.backbone_init == "auto":
+        path = glyph_init(cfg, rank, make=True)
+        torch.set_rng_state(init_rng)  # the same initial heads as a later run that finds the trunk cached
+        model = model_lib.build(cfg, pretrained=False, init_path=path)
     if not model.pretrained_loaded and cfg.freeze_fraction > 0:
         # frozen random filters are just noise: with no ImageNet weights every layer has to learn
         log.warning("warning: no pretrained weights, so nothing is frozen (freeze_fraction 0)")
@@ -395,7 +420,7 @@ def main(argv=None):
                  seen(cov["tens_seen"]), cov["units"], seen(cov["units_seen"]))
     train_loader, val_loader = make_loaders(cfg, train_samples, val_samples, store, device, rank, world)
 
-    model = build_model(cfg, device)
+    model = build_model(cfg, device, rank)
     criterion = Criterion(cfg, [s.number for s in train_samples], device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
@@ -488,5 +513,5 @@ def finish(cfg, writer, history, best_acc, best_threshold, skipped):
 if __name__ == "__main__":
     try:
         main()
-    except FloatingPointError as err:
+    except (FloatingPointError, ValueError) as err:  # NaN run, or a backbone_init that does not fit
         sys.exit(f"error: {err}")

@@ -1,0 +1,215 @@
+"""Digit-glyph pretraining of the ResNet trunk: the offline stand-in for ImageNet weights.
+
+Without internet there are no ImageNet weights, and a ResNet-18 trained from random weights on a few
+thousand tracklets memorises kits and never finds the small, soft digits (TECHNICAL_REPORT.md, section 6).
+Text recognisers solve the same cold start with synthetic text (MJSynth, SynthText): this renders single
+digits 0-9 in many fonts, sizes, colours, positions and degradations onto cluttered backgrounds and trains
+the trunk to name the digit. It never renders a two-digit number, so no held-out number is seen whole;
+putting two digits in order is still learned from the tracklets only.
+
+The fonts are matplotlib's, but none of the font files `synth.py` prints jersey numbers with, so the
+embedded data does not share glyph shapes with the pretraining images.
+
+    python pretrain.py                      # writes data/cache/glyph_resnet18_64px_1500steps_20000img.pth
+    python pretrain.py --pretrain_steps=3000 --img_size=96
+train.py uses it when --backbone_init=auto (default) and ImageNet weights cannot be had.
+"""
+import os
+import random
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from functools import lru_cache
+from multiprocessing import Pool
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from tqdm import tqdm
+
+import config
+import dataset
+import utils
+
+log = utils.log
+FONT_DIR = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+# (font file, extra stroke as a fraction of the font size); disjoint from synth.FONT_STYLES' files
+FONTS = [("DejaVuSans-BoldOblique.ttf", 0.0), ("DejaVuSans-Oblique.ttf", 0.04), ("DejaVuSansMono.ttf", 0.05),
+         ("DejaVuSansMono-BoldOblique.ttf", 0.0), ("DejaVuSerif.ttf", 0.04), ("DejaVuSerif-BoldItalic.ttf", 0.0),
+         ("STIXGeneral.ttf", 0.04), ("STIXGeneralBolIta.ttf", 0.0), ("cmr10.ttf", 0.05), ("cmtt10.ttf", 0.05)]
+SEED = 0  # fixed like ImageNet weights are: every run and seed starts from the same trunk
+RENDER = 3  # glyphs are drawn at 3x and downscaled, so they end up soft like printed numbers seen from afar
+
+
+@lru_cache(maxsize=None)
+def _font(name: str, size: int):
+    try:
+        return ImageFont.truetype(str(FONT_DIR / name), size)
+    except OSError:
+        return None
+
+
+def _colour(rng, away_from=None):
+    """A random RGB colour; with `away_from`, one that differs from it by at least ~100 in some channel."""
+    for _ in range(20):
+        c = rng.integers(0, 256, 3)
+        if away_from is None or np.abs(c - away_from).max() > 100:
+            return tuple(int(v) for v in c)
+    return tuple(int(255 - v) for v in away_from)
+
+
+def _background(rng, s: int) -> Image.Image:
+    """Flat colour, a gradient and a few random boxes/ellipses: clutter the net must learn to ignore."""
+    base = rng.integers(0, 256, 3).astype(np.float32)
+    ramp = np.linspace(-1, 1, s, dtype=np.float32)
+    grad = rng.uniform(-60, 60) * ramp[None, :, None] + rng.uniform(-60, 60) * ramp[:, None, None]
+    im = Image.fromarray(np.clip(base + grad, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(im)
+    for _ in range(rng.integers(0, 6)):
+        x0, y0 = rng.integers(-s // 4, s, 2)
+        x1, y1 = x0 + rng.integers(s // 8, s), y0 + rng.integers(s // 8, s)
+        (draw.rectangle if rng.random() < 0.5 else draw.ellipse)((x0, y0, x1, y1), fill=_colour(rng))
+    return im
+
+
+def render(rng: np.random.Generator, digit: int, size: int) -> np.ndarray:
+    """One size x size uint8 RGB image holding `digit` somewhere, degraded like a low-res broadcast crop."""
+    s = size * RENDER
+    im = _background(rng, s)
+    name, stroke = FONTS[rng.integers(len(FONTS))]
+    font = _font(name, int(s * rng.uniform(0.3, 0.8))) or ImageFont.load_default()
+    glyph = Image.new("L", (s, s))
+    sw = int(stroke * font.size * rng.uniform(0.5, 1.5)) if hasattr(font, "size") else 0
+    ImageDraw.Draw(glyph).text((s // 2, s // 2), str(digit), fill=255, font=font, anchor="mm", stroke_width=sw,
+                               stroke_fill=255)
+    # squash/stretch and tilt like a number on a turning, leaning torso, then move it anywhere that fits
+    sx = rng.uniform(0.6, 1.4)
+    glyph = glyph.resize((max(1, int(s * sx)), s)).rotate(rng.uniform(-15, 15), resample=Image.BILINEAR)
+    box = glyph.getbbox()
+    if box:
+        glyph = glyph.crop(box)
+    gw, gh = glyph.size
+    x, y = rng.integers(0, max(1, s - gw)), rng.integers(0, max(1, s - gh))
+    ink = np.asarray(im.crop((x, y, x + gw, y + gh))).reshape(-1, 3).mean(0)
+    if rng.random() < 0.4:  # outlined numbers, common on kits
+        edge = glyph.filter(ImageFilter.MaxFilter(2 * (s // 64) + 1 + 2 * int(rng.integers(1, 4))))
+        im.paste(_colour(rng, ink), (x, y), edge)
+    im.paste(_colour(rng, ink), (x, y), glyph)
+    im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.0) * RENDER))
+    low = int(size * rng.uniform(0.5, 1.0))  # real crops are often far below the model's input size
+    im = im.resize((low, low), Image.BILINEAR).resize((size, size), Image.BILINEAR)
+    a = np.asarray(im, dtype=np.float32) + rng.normal(0, rng.uniform(0, 12), (size, size, 3))
+    return np.clip(a, 0, 255).astype(np.uint8)
+
+
+def _render_chunk(args):
+    seed, start, stop, size = args
+    rng = np.random.default_rng([seed, start])
+    return np.stack([render(rng, d % 10, size) for d in range(start, stop)])
+
+
+def make_bank(n: int, size: int, seed: int, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n rendered digits (uint8 [n, size, size, 3]), label i % 10; the same bytes for any worker count."""
+    chunks = [(seed, i, min(i + 500, n), size) for i in range(0, n, 500)]
+    workers = workers or min(len(chunks), os.cpu_count() or 1)
+    with Pool(workers) if workers > 1 else nullcontext() as pool:
+        parts = list(tqdm((pool.imap if pool else map)(_render_chunk, chunks), total=len(chunks),
+                          desc="rendering digits", unit="chunk", leave=False))
+    return torch.from_numpy(np.concatenate(parts)), torch.arange(n) % 10
+
+
+def weights_path(cfg) -> str:
+    """Where backbone_init=auto caches the trunk: like ImageNet weights, one file shared by every run and seed."""
+    return os.path.join(cfg.cache_dir, f"glyph_{cfg.backbone}_{cfg.img_size}px_{cfg.pretrain_steps}steps_"
+                                       f"{cfg.pretrain_images}img.pth")
+
+
+def _batches(frames, labels, batch_size, steps, gen):
+    for _ in range(steps):
+        i = torch.randint(len(frames), (batch_size,), generator=gen)
+        yield frames[i], labels[i]
+
+
+def _to_input(frames, device, train: bool):
+    x = dataset.to_input(frames.unsqueeze(1), device)
+    if train:
+        x = dataset.augment(x)
+    return dataset.normalize(x)[:, 0].contiguous(memory_format=torch.channels_last)
+
+
+@torch.inference_mode()
+def accuracy(net, frames, labels, device, dtype) -> float:
+    net.eval()
+    hits = 0
+    for i in range(0, len(frames), 256):
+        with utils.autocast(device, dtype):
+            hits += (net(_to_input(frames[i:i + 256], device, False)).argmax(1).cpu() == labels[i:i + 256]).sum()
+    net.train()
+    return 100.0 * int(hits) / max(len(frames), 1)
+
+
+def pretrain(cfg, out: str = "") -> str:
+    """Train a `cfg.backbone` digit classifier on rendered glyphs; save its trunk where model.build finds it."""
+    out = out or weights_path(cfg)
+    with isolated_rng():
+        return _pretrain(cfg, out)
+
+
+@contextmanager
+def isolated_rng():
+    """Pretraining inside train.py must not move the caller's random streams."""
+    py, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng():
+        yield
+    random.setstate(py)
+    np.random.set_state(np_state)
+
+
+def _pretrain(cfg, out):
+    device = torch.device(cfg.resolved_device())
+    dtype = utils.amp_dtype(device, cfg.amp)
+    utils.seed_everything(SEED)
+    frames, labels = make_bank(cfg.pretrain_images, cfg.img_size, SEED)
+    val_frames, val_labels = make_bank(min(1000, cfg.pretrain_images), cfg.img_size, SEED + 1)
+    net = getattr(torchvision.models, cfg.backbone)(weights=None, num_classes=10).to(device)
+    net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.pretrain_steps, pct_start=0.15)
+    gen = torch.Generator().manual_seed(SEED)
+    bar = tqdm(_batches(frames, labels, 64, cfg.pretrain_steps, gen), total=cfg.pretrain_steps,
+               desc="glyph pretraining", dynamic_ncols=True)
+    t0, run = time.time(), 0.0
+    for step, (x, y) in enumerate(bar):
+        with utils.autocast(device, dtype):
+            loss = F.cross_entropy(net(_to_input(x, device, True)).float(), y.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        run = loss.item() if step == 0 else 0.98 * run + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{run:.3f}")
+    acc = accuracy(net, val_frames, val_labels, device, dtype)
+    log.info("glyph accuracy: %.1f%% on training renders, %.1f%% on %d new ones",
+             accuracy(net, frames[:1000], labels[:1000], device, dtype), acc, len(val_labels))
+    trunk = {k: v.cpu() for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    utils.atomic_save({"trunk": trunk, "backbone": cfg.backbone, "img_size": cfg.img_size,
+                       "steps": cfg.pretrain_steps, "images": cfg.pretrain_images, "seed": SEED,
+                       "glyph_val_acc": acc}, out)
+    log.info("glyph pretraining: %d steps in %.0f s, held-out render accuracy %.1f%% -> %s",
+             cfg.pretrain_steps, time.time() - t0, acc, out)
+    return out
+
+
+def main(argv=None):
+    utils.setup_logging()
+    cfg, _ = config.load(sys.argv[1:] if argv is None else argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    pretrain(cfg, cfg.backbone_init if cfg.backbone_init not in ("auto", "none") else "")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import config
+import model as model_lib
+import pretrain
+import train
+
+
+def tiny_cfg(tmp_path, **kw):
+    return config.Config(img_size=32, pretrain_steps=3, pretrain_images=20, cache_dir=str(tmp_path / "cache"),
+                         amp=False, lstm_hidden=16, head_hidden=16, **kw)
+
+
+def test_render_is_a_deterministic_low_res_digit_image():
+    a = pretrain.render(np.random.default_rng(3), 7, 48)
+    b = pretrain.render(np.random.default_rng(3), 7, 48)
+    assert a.shape == (48, 48, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and a.std() > 5  # not a blank canvas
+
+
+def test_bank_labels_and_bytes_do_not_depend_on_workers():
+    f1, y1 = pretrain.make_bank(30, 24, seed=1, workers=1)
+    f2, y2 = pretrain.make_bank(30, 24, seed=1, workers=2)
+    assert f1.shape == (30, 24, 24, 3) and torch.equal(f1, f2)
+    assert y1.tolist() == [i % 10 for i in range(30)] and torch.equal(y1, y2)
+
+
+def test_pretrained_trunk_is_loaded_into_the_jersey_model(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    path = pretrain.pretrain(cfg, str(tmp_path / "trunk.pth"))
+    trunk = torch.load(path, weights_only=True)["trunk"]
+    net = model_lib.build(cfg, pretrained=False, init_path=path)
+    assert net.pretrained_loaded
+    # backbone = Sequential(conv1, bn1, relu, maxpool, layer1..4): child 0 is conv1, child 4 is layer1
+    assert torch.equal(net.backbone[0].weight, trunk["conv1.weight"])
+    assert torch.equal(net.backbone[4][0].conv1.weight, trunk["layer1.0.conv1.weight"])
+    with pytest.raises(ValueError, match="does not fit this backbone"):
+        model_lib.build(config.Config(backbone="resnet50"), pretrained=False, init_path=path)
+
+
+def test_pretraining_leaves_the_callers_random_streams_alone(tmp_path):
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    pretrain.pretrain(tiny_cfg(tmp_path), str(tmp_path / "t.pth"))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_auto_init_pretrains_once_when_imagenet_weights_are_missing(tmp_path, monkeypatch):
+    offline = lambda name, pretrained: (model_lib.torchvision.models.resnet18(weights=None), False)  # noqa: E731
+    monkeypatch.setattr(model_lib, "_resnet", offline)
+    cfg = tiny_cfg(tmp_path)
+    net = train.build_model(cfg, torch.device("cpu"))
+    path = pretrain.weights_path(cfg)
+    assert net.pretrained_loaded and os.path.exists(path)
+    assert cfg.freeze_fraction == 0.6  # pretrained trunk: the SPEC's freezing applies
+    stamp = os.path.getmtime(path)
+    train.build_model(cfg, torch.device("cpu"))
+    assert os.path.getmtime(path) == stamp  # cached, not pretrained again
+    # pretrained=False means random weights: no pretraining, nothing frozen
+    cold = tiny_cfg(tmp_path / "cold", pretrained=False)
+    assert not train.build_model(cold, torch.device("cpu")).pretrained_loaded
+    assert not os.path.exists(pretrain.weights_path(cold))
+
+
+def test_missing_init_file_is_a_config_error(tmp_path):
+    errors = config.Config(backbone_init=str(tmp_path / "nope.pth")).validate()
+    assert any("backbone_init" in e for e in errors)
