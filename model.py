@@ -40,6 +40,10 @@ def _resnet(name: str, pretrained: bool) -> tuple[nn.Module, bool]:
         socket.setdefaulttimeout(old)
 
 
+class InitError(ValueError):
+    """backbone_init names weights that cannot be used for this backbone."""
+
+
 def load_trunk(resnet: nn.Module, path: str) -> None:
     """Copy a pretrain.py trunk (every ResNet tensor but fc) into `resnet`; one clear error if it does not fit."""
     try:
@@ -48,7 +52,7 @@ def load_trunk(resnet: nn.Module, path: str) -> None:
         if unexpected or [k for k in missing if not k.startswith("fc.")]:
             raise RuntimeError(f"{len(missing)} missing and {len(unexpected)} unexpected tensors")
     except (OSError, RuntimeError, KeyError, TypeError, EOFError) as err:
-        raise ValueError(f"backbone_init {path!r} does not fit this backbone "
+        raise InitError(f"backbone_init {path!r} does not fit this backbone "
                          f"({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
 
 

@@ -513,5 +513,5 @@ def finish(cfg, writer, history, best_acc, best_threshold, skipped):
 if __name__ == "__main__":
     try:
         main()
-    except (FloatingPointError, ValueError) as err:  # NaN run, or a backbone_init that does not fit
+    except (FloatingPointError, model_lib.InitError) as err:
         sys.exit(f"error: {err}")
