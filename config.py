@@ -37,7 +37,7 @@ class Config:
     sharpen: float = 2.0
     cache_dir: str = "data/cache"        # decoded frames are cached here (uint8), keyed by path, size and mtime
     # model
-    backbone: str = "resnet18"           # resnet18 | resnet34 | resnet50
+    backbone: str = "resnet18"           # resnet18 | resnet34 | resnet50 | cnn (small, for training from scratch)
     pretrained: bool = True              # ImageNet weights (downloaded or cached by torchvision)
     backbone_init: str = "auto"          # auto: digit-glyph pretraining when ImageNet weights are unavailable;
                                          # none: random; or a path written by pretrain.py
@@ -133,7 +133,7 @@ class Config:
         e += [msg for ok, msg in checks if not ok]
         choices = {
             "train_sampling": ("uniform", "random", "center"), "eval_sampling": ("uniform", "random", "center"),
-            "backbone": ("resnet18", "resnet34", "resnet50"), "head": ("digits", "compositional"),
+            "backbone": ("resnet18", "resnet34", "resnet50", "cnn"), "head": ("digits", "compositional"),
             "reader": ("pooled", "positional"),
             "class_weight": ("effective_number", "balanced", "none"), "split_by": ("sequence", "sample"),
             "loss": ("ce", "logit_adjusted", "balanced_softmax"), "method": METHODS,

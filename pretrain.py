@@ -27,12 +27,13 @@ import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
+import torch.nn as nn
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from tqdm import tqdm
 
 import config
 import dataset
+import model as model_lib
 import utils
 
 log = utils.log
@@ -175,8 +176,9 @@ def _pretrain(cfg, out):
     utils.seed_everything(SEED)
     frames, labels = make_bank(cfg.pretrain_images, cfg.img_size, SEED)
     val_frames, val_labels = make_bank(min(1000, cfg.pretrain_images), cfg.img_size, SEED + 1)
-    net = getattr(torchvision.models, cfg.backbone)(weights=None, num_classes=10).to(device)
-    net = net.to(memory_format=torch.channels_last)
+    body = model_lib.trunk(cfg.backbone, pretrained=False)[0]
+    net = nn.Sequential(body, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(model_lib.BACKBONES[cfg.backbone], 10))
+    net = net.to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.pretrain_steps, pct_start=0.15)
     gen = torch.Generator().manual_seed(SEED)
@@ -195,8 +197,7 @@ def _pretrain(cfg, out):
     acc = accuracy(net, val_frames, val_labels, device, dtype)
     log.info("glyph accuracy: %.1f%% on training renders, %.1f%% on %d new ones",
              accuracy(net, frames[:1000], labels[:1000], device, dtype), acc, len(val_labels))
-    trunk = {k: v.cpu() for k, v in net.state_dict().items() if not k.startswith("fc.")}
-    utils.atomic_save({"trunk": trunk, "backbone": cfg.backbone, "img_size": cfg.img_size,
+    utils.atomic_save({"trunk": {k: v.cpu() for k, v in body.state_dict().items()}, "backbone": cfg.backbone, "img_size": cfg.img_size,
                        "steps": cfg.pretrain_steps, "images": cfg.pretrain_images, "seed": SEED,
                        "glyph_val_acc": acc}, out)
     log.info("glyph pretraining: %d steps in %.0f s, held-out render accuracy %.1f%% -> %s",

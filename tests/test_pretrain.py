@@ -36,8 +36,8 @@ def test_pretrained_trunk_is_loaded_into_the_jersey_model(tmp_path):
     net = model_lib.build(cfg, pretrained=False, init_path=path)
     assert net.pretrained_loaded
     # backbone = Sequential(conv1, bn1, relu, maxpool, layer1..4): child 0 is conv1, child 4 is layer1
-    assert torch.equal(net.backbone[0].weight, trunk["conv1.weight"])
-    assert torch.equal(net.backbone[4][0].conv1.weight, trunk["layer1.0.conv1.weight"])
+    assert torch.equal(net.backbone[0].weight, trunk["0.weight"])
+    assert torch.equal(net.backbone[4][0].conv1.weight, trunk["4.0.conv1.weight"])
     with pytest.raises(ValueError, match="does not fit this backbone"):
         model_lib.build(config.Config(backbone="resnet50"), pretrained=False, init_path=path)
 
@@ -51,8 +51,8 @@ def test_pretraining_leaves_the_callers_random_streams_alone(tmp_path):
 
 
 def test_auto_init_pretrains_once_when_imagenet_weights_are_missing(tmp_path, monkeypatch):
-    offline = lambda name, pretrained: (model_lib.torchvision.models.resnet18(weights=None), False)  # noqa: E731
-    monkeypatch.setattr(model_lib, "_resnet", offline)
+    real = model_lib._resnet
+    monkeypatch.setattr(model_lib, "_resnet", lambda name, pretrained: real(name, False))  # offline
     cfg = tiny_cfg(tmp_path)
     net = train.build_model(cfg, torch.device("cpu"))
     path = pretrain.weights_path(cfg)
