@@ -89,3 +89,11 @@ def test_positional_reader_sees_left_right():
     assert m(torch.randn(2, 3, 3, 32, 32))["tens"].shape == (2, 11)
     with pytest.raises(ValueError, match="reader"):
         JerseyTemporalNet(pretrained=False, reader="bogus")
+
+
+def test_small_cnn_backbone_keeps_an_eight_times_finer_map():
+    m = JerseyTemporalNet(backbone="cnn", pretrained=True, lstm_hidden=16, head_hidden=16).eval()
+    assert not m.pretrained_loaded  # there are no ImageNet weights for it: nothing is claimed
+    assert m.backbone(torch.randn(1, 3, 64, 64)).shape == (1, 256, 8, 8)
+    out = m(torch.randn(2, 3, 3, 64, 64))
+    assert out["tens"].shape == (2, 11) and out["units"].shape == (2, 11)
