@@ -345,6 +345,9 @@ def glyph_init(cfg, rank: int, make: bool) -> str:
         if rank == 0:
             log.info("no ImageNet weights: pretraining the %s trunk on rendered digits first (%d steps, "
                      "cached as %s; --backbone_init=none to skip)", cfg.backbone, cfg.pretrain_steps, path)
+            if cfg.backbone != "cnn":
+                log.warning("warning: on a CPU, --backbone=cnn learns from rendered digits far sooner than a "
+                            "ResNet does (TECHNICAL_REPORT.md, section 6)")
             pretrain.pretrain(cfg, path)
         if distributed():
             dist.barrier()
