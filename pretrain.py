@@ -1,7 +1,8 @@
-"""Digit-glyph pretraining of the ResNet trunk: the offline stand-in for ImageNet weights.
+"""Digit-glyph pretraining of the trunk: the offline stand-in for ImageNet weights.
 
-Without internet there are no ImageNet weights, and a ResNet-18 trained from random weights on a few
-thousand tracklets memorises kits and never finds the small, soft digits (TECHNICAL_REPORT.md, section 6).
+Without internet there are no ImageNet weights, and a trunk trained from random weights on a few thousand
+tracklets stays on the majority-class plateau instead of finding the small, soft digits (TECHNICAL_REPORT.md,
+section 6).
 Text recognisers solve the same cold start with synthetic text (MJSynth, SynthText): this renders single
 digits 0-9 in many fonts, sizes, colours, positions and degradations onto cluttered backgrounds and trains
 the trunk to name the digit. It never renders a two-digit number, so no held-out number is seen whole;
@@ -10,8 +11,8 @@ putting two digits in order is still learned from the tracklets only.
 The fonts are matplotlib's, but none of the font files `synth.py` prints jersey numbers with, so the
 embedded data does not share glyph shapes with the pretraining images.
 
-    python pretrain.py                      # writes data/cache/glyph_resnet18_64px_1500steps_20000img.pth
-    python pretrain.py --pretrain_steps=3000 --img_size=96
+    python pretrain.py --backbone=cnn       # writes data/cache/glyph_cnn_64px_1500steps_20000img.pth
+    python pretrain.py --pretrain_steps=3000 --img_size=96 --out_path=trunk.pth
 train.py uses it when --backbone_init=auto (default) and ImageNet weights cannot be had.
 """
 import os
@@ -26,8 +27,8 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torch.nn as nn
+import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from tqdm import tqdm
 
@@ -207,9 +208,8 @@ def _pretrain(cfg, out):
 
 def main(argv=None):
     utils.setup_logging()
-    cfg, _ = config.load(sys.argv[1:] if argv is None else argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    pretrain(cfg, cfg.backbone_init if cfg.backbone_init not in ("auto", "none") else "")
+    cfg, extra = config.load(sys.argv[1:] if argv is None else argv, extras={"out_path": ""})
+    pretrain(cfg, extra["out_path"])
 
 
 if __name__ == "__main__":

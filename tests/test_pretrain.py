@@ -70,3 +70,14 @@ def test_auto_init_pretrains_once_when_imagenet_weights_are_missing(tmp_path, mo
 def test_missing_init_file_is_a_config_error(tmp_path):
     errors = config.Config(backbone_init=str(tmp_path / "nope.pth")).validate()
     assert any("backbone_init" in e for e in errors)
+
+
+def test_cli_writes_a_cnn_trunk_where_asked(tmp_path):
+    out = tmp_path / "trunk.pth"
+    pretrain.main(["--backbone=cnn", "--img_size=32", "--pretrain_steps=2", "--pretrain_images=20", "--amp=false",
+                   f"--out_path={out}"])
+    ck = torch.load(out, weights_only=True)
+    assert ck["backbone"] == "cnn" and ck["steps"] == 2 and 0 <= ck["glyph_val_acc"] <= 100
+    net = model_lib.build(config.Config(backbone="cnn", lstm_hidden=8, head_hidden=8), pretrained=False,
+                          init_path=str(out))
+    assert torch.equal(net.backbone[0].weight, ck["trunk"]["0.weight"])
