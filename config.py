@@ -70,6 +70,7 @@ class Config:
     loss: str = "ce"                     # ce | logit_adjusted | balanced_softmax
     loss_tau: float = 1.0
     compose_prob: float = 0.0            # fraction of each batch replaced by two-digit composites of single digits
+    compose_mode: str = "splice"         # splice (two crops squeezed side by side) | paste (two digit bands on one shirt)
     compose_exclude: list[int] = field(default_factory=list)  # numbers never produced by composition
     patience: int = 10
     min_delta: float = 0.001
@@ -134,7 +135,7 @@ class Config:
         choices = {
             "train_sampling": ("uniform", "random", "center"), "eval_sampling": ("uniform", "random", "center"),
             "backbone": ("resnet18", "resnet34", "resnet50", "cnn"), "head": ("digits", "compositional"),
-            "reader": ("pooled", "positional"),
+            "reader": ("pooled", "positional"), "compose_mode": ("splice", "paste"),
             "class_weight": ("effective_number", "balanced", "none"), "split_by": ("sequence", "sample"),
             "loss": ("ce", "logit_adjusted", "balanced_softmax"), "method": METHODS,
             "rule": ("argmax", "anti_empty", "confidence", "same_digit", "vote", "logit_adjusted"),

@@ -429,13 +429,15 @@ def report_skips(skipped: Counter) -> None:
         log.warning("skipped %d x %s", count, reason)
 
 
-def compose_batch(x, tens, units, number, prob: float, exclude=(), width=(0.35, 0.6)):
+def compose_batch(x, tens, units, number, prob: float, exclude=(), width=(0.35, 0.6), mode: str = "splice"):
     """Synthetic two-digit tracklets from single-digit ones, on any data (no digit boxes needed).
 
     Single-digit numbers sit in the middle of the back, so the central vertical band of a single-digit
     crop holds its digit. For a random `prob` share of the batch, the central band (a random fraction
     `width` of the crop width) of single-digit tracklet A is placed left of that of single-digit tracklet
     B, frame by frame, and the pair is resized back to the crop size: labels tens = a, units = b.
+    mode 'paste' keeps B's single body and print instead: a central band of width `width` x W from A and
+    one from B are put side by side at B's centre, like a two-digit print on one shirt.
     x: float [B, T, 3, H, W]. Numbers in `exclude` are never produced.
     """
     singles = torch.nonzero((number < 10) & (number > 0)).flatten()  # a tens digit of 0 is no jersey number
@@ -456,8 +458,13 @@ def compose_batch(x, tens, units, number, prob: float, exclude=(), width=(0.35, 
     for k in range(len(slots)):
         frac = float(torch.empty(1).uniform_(*width))
         band = max(2, int(round(W * frac)))
+        band = min(band, W // 2) if mode == "paste" else band  # both bands must fit in the crop
         lo = (W - band) // 2
         pair = torch.cat([src[left[k], ..., lo:lo + band], src[right[k], ..., lo:lo + band]], dim=-1)
-        x[slots[k]] = F.interpolate(pair, size=(H, W), mode="bilinear", align_corners=False, antialias=True)
+        if mode == "paste":
+            x[slots[k]] = src[right[k]]
+            x[slots[k], ..., W // 2 - band:W // 2 + band] = pair
+        else:
+            x[slots[k]] = F.interpolate(pair, size=(H, W), mode="bilinear", align_corners=False, antialias=True)
     tens[slots], units[slots], number[slots] = number[left], number[right], new_num
     return x, tens, units, number

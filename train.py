@@ -29,6 +29,9 @@ import utils
 from dataset import EMPTY, decompose
 
 log = utils.log
+# splice: two whole single-digit crops' central bands, squeezed into one crop; paste: two narrow
+# central bands (about one digit wide) side by side in the middle of the second crop
+COMPOSE_MODES = {"splice": {"width": (0.35, 0.6), "mode": "splice"}, "paste": {"width": (0.15, 0.3), "mode": "paste"}}
 
 
 class Criterion:
@@ -123,7 +126,7 @@ def prepare_batch(batch, cfg, device, train: bool):
     if train:
         if cfg.compose_prob > 0:
             x, tens, units, number = dataset.compose_batch(x, tens, units, number, cfg.compose_prob,
-                                                           cfg.compose_exclude)
+                                                           cfg.compose_exclude, **COMPOSE_MODES[cfg.compose_mode])
         x = dataset.augment(x)
     return dataset.normalize(x), batch["mask"].to(device), tens, units, number
 

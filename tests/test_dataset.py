@@ -137,6 +137,28 @@ def test_compose_batch_labels_and_layout():
     assert not set(n2.tolist()) - {4, 6, 8, 9, 49, 66}
 
 
+def test_compose_paste_keeps_the_second_crop_and_puts_both_bands_at_its_centre():
+    torch.manual_seed(1)
+    B, T, H, W = 6, 2, 8, 40
+    number = torch.tensor([4, 8, 6, 9, 4, 8])
+    x = torch.zeros(B, T, 3, H, W)
+    for k in range(B):
+        x[k] = number[k] / 100.0
+        x[k, ..., 0] = 1.0  # a marker at the left edge: only the second crop's edges may survive
+    tens, units = zip(*map(decompose, number.tolist()))
+    xt, t, u, n = dataset.compose_batch(x, torch.tensor(tens), torch.tensor(units), number, prob=1.0,
+                                        width=(0.2, 0.2), mode="paste")
+    band = 8  # 0.2 x 40
+    composed = torch.nonzero(n >= 10).flatten()
+    assert len(composed) > 0
+    for k in composed:
+        a, b = divmod(int(n[k]), 10)
+        assert (t[k], u[k]) == (a, b)
+        assert xt[k, 0, 0, 0, 0] == 1.0 and xt[k, 0, 0, 0, 2].item() == pytest.approx(b / 100)  # b's own crop
+        assert xt[k, 0, 0, 0, W // 2 - band].item() == pytest.approx(a / 100)       # left band: digit a
+        assert xt[k, 0, 0, 0, W // 2 + band - 1].item() == pytest.approx(b / 100)   # right band: digit b
+
+
 def test_augment_keeps_shape_and_range():
     x = torch.rand(2, 3, 3, 32, 32)
     y = dataset.augment(x)
