@@ -70,7 +70,7 @@ class Config:
     loss: str = "ce"                     # ce | logit_adjusted | balanced_softmax
     loss_tau: float = 1.0
     compose_prob: float = 0.0            # fraction of each batch replaced by two-digit composites of single digits
-    compose_mode: str = "splice"         # splice (two crops squeezed side by side) | paste (two digit bands on one shirt)
+    compose_mode: str = "splice"         # splice: two crops squeezed side by side | paste: two digit bands, one shirt
     compose_exclude: list[int] = field(default_factory=list)  # numbers never produced by composition
     patience: int = 10
     min_delta: float = 0.001

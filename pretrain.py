@@ -185,21 +185,24 @@ def _pretrain(cfg, out):
     gen = torch.Generator().manual_seed(SEED)
     bar = tqdm(_batches(frames, labels, 64, cfg.pretrain_steps, gen), total=cfg.pretrain_steps,
                desc="glyph pretraining", dynamic_ncols=True)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # float16 autocast on CUDA
     t0, run = time.time(), 0.0
     for step, (x, y) in enumerate(bar):
         with utils.autocast(device, dtype):
             loss = F.cross_entropy(net(_to_input(x, device, True)).float(), y.to(device))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
         run = loss.item() if step == 0 else 0.98 * run + 0.02 * loss.item()
         bar.set_postfix(loss=f"{run:.3f}")
     acc = accuracy(net, val_frames, val_labels, device, dtype)
     log.info("glyph accuracy: %.1f%% on training renders, %.1f%% on %d new ones",
              accuracy(net, frames[:1000], labels[:1000], device, dtype), acc, len(val_labels))
-    utils.atomic_save({"trunk": {k: v.cpu() for k, v in body.state_dict().items()}, "backbone": cfg.backbone, "img_size": cfg.img_size,
-                       "steps": cfg.pretrain_steps, "images": cfg.pretrain_images, "seed": SEED,
+    utils.atomic_save({"trunk": {k: v.cpu() for k, v in body.state_dict().items()}, "backbone": cfg.backbone,
+                       "img_size": cfg.img_size, "steps": cfg.pretrain_steps, "images": cfg.pretrain_images,
+                       "seed": SEED,
                        "glyph_val_acc": acc}, out)
     log.info("glyph pretraining: %d steps in %.0f s, held-out render accuracy %.1f%% -> %s",
              cfg.pretrain_steps, time.time() - t0, acc, out)
