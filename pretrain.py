@@ -14,6 +14,7 @@ embedded data does not share glyph shapes with the pretraining images.
     python pretrain.py --backbone=cnn       # writes data/cache/glyph_cnn_64px_1500steps_20000img.pth
     python pretrain.py --pretrain_steps=3000 --img_size=96 --out_path=trunk.pth
 train.py uses it when --backbone_init=auto (default) and ImageNet weights cannot be had.
+An interrupted run continues from <out>.partial, written every SAVE_EVERY steps, when started again.
 """
 import os
 import random
@@ -44,6 +45,7 @@ FONTS = [("DejaVuSans-BoldOblique.ttf", 0.0), ("DejaVuSans-Oblique.ttf", 0.04), 
          ("DejaVuSansMono-BoldOblique.ttf", 0.0), ("DejaVuSerif.ttf", 0.04), ("DejaVuSerif-BoldItalic.ttf", 0.0),
          ("STIXGeneral.ttf", 0.04), ("STIXGeneralBolIta.ttf", 0.0), ("cmr10.ttf", 0.05), ("cmtt10.ttf", 0.05)]
 SEED = 0  # fixed like ImageNet weights are: every run and seed starts from the same trunk
+SAVE_EVERY = 250  # steps between resumable snapshots (<out>.partial), so a crash costs at most that many
 RENDER = 3  # glyphs are drawn at 3x and downscaled, so they end up soft like printed numbers seen from afar
 
 
@@ -183,11 +185,14 @@ def _pretrain(cfg, out):
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.pretrain_steps, pct_start=0.15)
     gen = torch.Generator().manual_seed(SEED)
-    bar = tqdm(_batches(frames, labels, 64, cfg.pretrain_steps, gen), total=cfg.pretrain_steps,
-               desc="glyph pretraining", dynamic_ncols=True)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # float16 autocast on CUDA
-    t0, run = time.time(), 0.0
-    for step, (x, y) in enumerate(bar):
+    state = {"net": net, "opt": opt, "sched": sched, "scaler": scaler, "gen": gen}
+    partial, key = out + ".partial", [cfg.backbone, cfg.img_size, cfg.pretrain_steps, cfg.pretrain_images, cfg.lr]
+    start, run = _resume(partial, key, state)
+    bar = tqdm(_batches(frames, labels, 64, cfg.pretrain_steps - start, gen), initial=start,
+               total=cfg.pretrain_steps, desc="glyph pretraining", dynamic_ncols=True)
+    t0 = time.time()
+    for step, (x, y) in enumerate(bar, start):
         with utils.autocast(device, dtype):
             loss = F.cross_entropy(net(_to_input(x, device, True)).float(), y.to(device))
         opt.zero_grad(set_to_none=True)
@@ -197,16 +202,49 @@ def _pretrain(cfg, out):
         sched.step()
         run = loss.item() if step == 0 else 0.98 * run + 0.02 * loss.item()
         bar.set_postfix(loss=f"{run:.3f}")
+        if (step + 1) % SAVE_EVERY == 0 and step + 1 < cfg.pretrain_steps:
+            _save_partial(partial, key, state, step + 1, run)
     acc = accuracy(net, val_frames, val_labels, device, dtype)
     log.info("glyph accuracy: %.1f%% on training renders, %.1f%% on %d new ones",
              accuracy(net, frames[:1000], labels[:1000], device, dtype), acc, len(val_labels))
     utils.atomic_save({"trunk": {k: v.cpu() for k, v in body.state_dict().items()}, "backbone": cfg.backbone,
                        "img_size": cfg.img_size, "steps": cfg.pretrain_steps, "images": cfg.pretrain_images,
-                       "seed": SEED,
-                       "glyph_val_acc": acc}, out)
-    log.info("glyph pretraining: %d steps in %.0f s, held-out render accuracy %.1f%% -> %s",
-             cfg.pretrain_steps, time.time() - t0, acc, out)
+                       "seed": SEED, "glyph_val_acc": acc}, out)
+    if os.path.exists(partial):
+        os.remove(partial)
+    log.info("glyph pretraining: %d steps (%d this call) in %.0f s, held-out render accuracy %.1f%% -> %s",
+             cfg.pretrain_steps, cfg.pretrain_steps - start, time.time() - t0, acc, out)
     return out
+
+
+def _save_partial(path, key, state, step, run):
+    """Everything a crashed pretraining needs to continue exactly where it stopped (the bank is re-rendered)."""
+    utils.atomic_save({"key": key, "step": step, "run": run, "rng": torch.get_rng_state(),
+                       "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                       **{k: v.get_state() if k == "gen" else v.state_dict() for k, v in state.items()}}, path)
+
+
+def _resume(path, key, state) -> tuple[int, float]:
+    """(first step, running loss) from an interrupted run's partial file; (0, 0) when there is none that fits."""
+    if not os.path.exists(path):
+        return 0, 0.0
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        if ck["key"] != key:
+            raise ValueError(f"settings differ ({ck['key']} vs {key})")
+        for k, v in state.items():
+            if k == "gen":
+                v.set_state(ck[k])
+            else:
+                v.load_state_dict(ck[k])
+    except Exception as err:  # noqa: BLE001 - a stale or broken partial file only costs the steps it held
+        log.warning("ignoring %s (%s: %s); pretraining from step 0", path, type(err).__name__, str(err)[:120])
+        return 0, 0.0
+    torch.set_rng_state(ck["rng"])
+    if ck["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ck["cuda_rng"])
+    log.info("resuming glyph pretraining from %s at step %d", path, ck["step"])
+    return ck["step"], ck["run"]
 
 
 def main(argv=None):

@@ -11,8 +11,9 @@ import train
 
 
 def tiny_cfg(tmp_path, **kw):
-    return config.Config(img_size=32, pretrain_steps=3, pretrain_images=20, cache_dir=str(tmp_path / "cache"),
-                         amp=False, lstm_hidden=16, head_hidden=16, **kw)
+    kw = {"img_size": 32, "pretrain_steps": 3, "pretrain_images": 20, "cache_dir": str(tmp_path / "cache"),
+          "amp": False, "lstm_hidden": 16, "head_hidden": 16, **kw}
+    return config.Config(**kw)
 
 
 def test_render_is_a_deterministic_low_res_digit_image():
@@ -81,3 +82,35 @@ def test_cli_writes_a_cnn_trunk_where_asked(tmp_path):
     net = model_lib.build(config.Config(backbone="cnn", lstm_hidden=8, head_hidden=8), pretrained=False,
                           init_path=str(out))
     assert torch.equal(net.backbone[0].weight, ck["trunk"]["0.weight"])
+
+
+def test_interrupted_pretraining_resumes_to_the_same_trunk(tmp_path, monkeypatch):
+    cfg = tiny_cfg(tmp_path, pretrain_steps=5)
+    whole = torch.load(pretrain.pretrain(cfg, str(tmp_path / "whole.pth")), weights_only=True)["trunk"]
+    monkeypatch.setattr(pretrain, "SAVE_EVERY", 2)
+    real = pretrain._batches
+
+    def crash_after_three(*a):
+        for i, b in enumerate(real(*a)):
+            if i == 3:
+                raise KeyboardInterrupt
+            yield b
+    monkeypatch.setattr(pretrain, "_batches", crash_after_three)
+    out = str(tmp_path / "resumed.pth")
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.pretrain(cfg, out)
+    assert torch.load(out + ".partial", weights_only=True)["step"] == 2 and not os.path.exists(out)
+    steps_run = []
+
+    def counting(*a):
+        for b in real(*a):
+            steps_run.append(1)
+            yield b
+    monkeypatch.setattr(pretrain, "_batches", counting)
+    resumed = torch.load(pretrain.pretrain(cfg, out), weights_only=True)["trunk"]
+    assert len(steps_run) == 3  # steps 3-5 only: it continued, not restarted
+    assert not os.path.exists(out + ".partial")
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    # a partial file from other settings is ignored, not loaded into the wrong run
+    torch.save({"key": ["other"]}, out + ".partial")
+    assert pretrain._resume(out + ".partial", ["resnet18"], {}) == (0, 0.0)
