@@ -31,6 +31,8 @@ METHODS = {
     "compose_no_test_pairs": ["--compose_prob=0.5"],  # + --compose_exclude=<every evaluated unseen number>
     "compose_positional": ["--compose_prob=0.5", "--reader=positional"],
     "compose_paste": ["--compose_prob=0.5", "--compose_mode=paste", "--reader=positional", "--empty_suppression=1"],
+    "compose_paste_compositional": ["--compose_prob=0.5", "--compose_mode=paste", "--reader=positional",
+                                    "--head=compositional", "--loss=balanced_softmax", "--class_weight=none"],
 }
 # The harder split: all ten digits, 24 two-digit training numbers, 8 held-out two-digit numbers whose
 # tens digit is a training tens digit and whose units digit is a training units digit.
