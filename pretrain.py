@@ -182,7 +182,7 @@ def _pretrain(cfg, out):
     body = model_lib.trunk(cfg.backbone, pretrained=False)[0]
     net = nn.Sequential(body, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(model_lib.BACKBONES[cfg.backbone], 10))
     net = net.to(device, memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = utils.adamw(net.parameters(), device, cfg.lr, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.pretrain_steps, pct_start=0.15)
     gen = torch.Generator().manual_seed(SEED)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # float16 autocast on CUDA

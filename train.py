@@ -428,8 +428,7 @@ def main(argv=None):
 
     model = build_model(cfg, device, rank)
     criterion = Criterion(cfg, [s.number for s in train_samples], device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = utils.adamw(model.parameters(), device, cfg.lr, cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     start, best_acc, history = 0, -1.0, []

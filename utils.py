@@ -61,6 +61,13 @@ def autocast(device: torch.device, dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def adamw(params, device: torch.device, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where torch has one (CPU and CUDA): the default per-tensor loop costs ~4x
+    longer per step on CPU, 10-20% of a ResNet-18 training step here. Same update rule."""
+    params = [p for p in params if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
+
+
 def atomic_save(obj, path: str) -> None:
     """Write to a temp file and rename, so a crash mid-write never leaves a broken checkpoint or result."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
