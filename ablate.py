@@ -19,7 +19,7 @@ import train
 import utils
 
 log = utils.log
-EXTRA_UNSEEN = [44, 46, 68, 69, 84, 86]
+EXTRA_UNSEEN = sorted(synth.EXTRA_UNSEEN_COUNTS)
 METHODS = {
     "original": [],
     "suppress_0.1": ["--empty_suppression=0.1"],
@@ -34,11 +34,7 @@ METHODS = {
     "compose_paste_compositional": ["--compose_prob=0.5", "--compose_mode=paste", "--reader=positional",
                                     "--head=compositional", "--loss=balanced_softmax", "--class_weight=none"],
 }
-# The harder split: all ten digits, 24 two-digit training numbers, 8 held-out two-digit numbers whose
-# tens digit is a training tens digit and whose units digit is a training units digit.
-HARD_TRAIN = list(range(1, 10)) + [10, 12, 15, 21, 23, 27, 31, 34, 39, 42, 50, 53, 56, 61, 67, 70, 72, 75, 81,
-                                   85, 90, 94, 97, 18]
-HARD_TEST = [13, 25, 37, 41, 58, 64, 79, 92]
+HARD_TRAIN, HARD_TEST = synth.HARD_TRAIN, synth.HARD_TEST  # the harder split, defined in synth.py
 
 
 def split_settings(split: str, scale: float, seed: int):

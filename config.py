@@ -43,6 +43,7 @@ class Config:
                                          # none: random; or a path written by pretrain.py
     pretrain_steps: int = 1500           # glyph pretraining budget (pretrain.py)
     pretrain_images: int = 20000
+    pretrain_pairs: float = 0.0          # share of two-digit renders (never a number the repo scores as unseen)
     freeze_fraction: float = 0.6
     spatial_attention: bool = True
     temporal_attention: bool = True
@@ -129,6 +130,7 @@ class Config:
             (self.empty_suppression > 0, "empty_suppression must be > 0"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
             (self.pretrain_steps >= 1 and self.pretrain_images >= 10, "pretrain_steps >= 1 and pretrain_images >= 10"),
+            (0 <= self.pretrain_pairs <= 1, "pretrain_pairs must be in [0, 1]"),
             (self.lstm_layers >= 1 and self.lstm_hidden >= 1, "lstm_layers and lstm_hidden must be >= 1"),
         ]
         e += [msg for ok, msg in checks if not ok]

@@ -3,10 +3,12 @@
 Without internet there are no ImageNet weights, and a trunk trained from random weights on a few thousand
 tracklets stays on the majority-class plateau instead of finding the small, soft digits (TECHNICAL_REPORT.md,
 section 6).
-Text recognisers solve the same cold start with synthetic text (MJSynth, SynthText): this renders single
-digits 0-9 in many fonts, sizes, colours, positions and degradations onto cluttered backgrounds and trains
-the trunk to name the digit. It never renders a two-digit number, so no held-out number is seen whole;
-putting two digits in order is still learned from the tracklets only.
+Text recognisers solve the same cold start with synthetic text (MJSynth, SynthText): this renders numbers
+in many fonts, sizes, colours, positions and degradations onto cluttered backgrounds and trains the trunk to
+read them with a tens head (10 = empty) and a units head. By default (pretrain_pairs=0) every render is a
+single digit 0-9. With --pretrain_pairs=P, a share P are two-digit numbers, so the trunk also learns which
+digit stands left of which; numbers the repo scores as unseen (synth.EVALUATED_UNSEEN and test_classes) are
+never rendered, and the cached trunk's file name records that set.
 
 The fonts are matplotlib's, but none of the font files `synth.py` prints jersey numbers with, so the
 embedded data does not share glyph shapes with the pretraining images.
@@ -20,6 +22,7 @@ import os
 import random
 import sys
 import time
+import zlib
 from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from multiprocessing import Pool
@@ -36,6 +39,7 @@ from tqdm import tqdm
 import config
 import dataset
 import model as model_lib
+import synth
 import utils
 
 log = utils.log
@@ -80,15 +84,16 @@ def _background(rng, s: int) -> Image.Image:
     return im
 
 
-def render(rng: np.random.Generator, digit: int, size: int) -> np.ndarray:
-    """One size x size uint8 RGB image holding `digit` somewhere, degraded like a low-res broadcast crop."""
+def render(rng: np.random.Generator, number: int, size: int) -> np.ndarray:
+    """One size x size uint8 RGB image holding `number` (one or two digits) somewhere, degraded like a low-res
+    broadcast crop."""
     s = size * RENDER
     im = _background(rng, s)
     name, stroke = FONTS[rng.integers(len(FONTS))]
     font = _font(name, int(s * rng.uniform(0.3, 0.8))) or ImageFont.load_default()
     glyph = Image.new("L", (s, s))
     sw = int(stroke * font.size * rng.uniform(0.5, 1.5)) if hasattr(font, "size") else 0
-    ImageDraw.Draw(glyph).text((s // 2, s // 2), str(digit), fill=255, font=font, anchor="mm", stroke_width=sw,
+    ImageDraw.Draw(glyph).text((s // 2, s // 2), str(number), fill=255, font=font, anchor="mm", stroke_width=sw,
                                stroke_fill=255)
     # squash/stretch and tilt like a number on a turning, leaning torso, then move it anywhere that fits
     sx = rng.uniform(0.6, 1.4)
@@ -96,6 +101,9 @@ def render(rng: np.random.Generator, digit: int, size: int) -> np.ndarray:
     box = glyph.getbbox()
     if box:
         glyph = glyph.crop(box)
+    if max(glyph.size) > s:  # two wide digits: shrink to fit the canvas
+        f = s / max(glyph.size)
+        glyph = glyph.resize((max(1, int(glyph.width * f)), max(1, int(glyph.height * f))))
     gw, gh = glyph.size
     x, y = rng.integers(0, max(1, s - gw)), rng.integers(0, max(1, s - gh))
     ink = np.asarray(im.crop((x, y, x + gw, y + gh))).reshape(-1, 3).mean(0)
@@ -110,26 +118,43 @@ def render(rng: np.random.Generator, digit: int, size: int) -> np.ndarray:
     return np.clip(a, 0, 255).astype(np.uint8)
 
 
+def numbers(n: int, seed: int, pairs: float, exclude=()) -> np.ndarray:
+    """n labels: single digits 0-9 in turn, and with probability `pairs` a two-digit number 10-99 instead,
+    uniform over those not in `exclude` (the numbers the repo scores as unseen are never rendered)."""
+    rng = np.random.default_rng([seed, n])
+    two = np.setdiff1d(np.arange(10, 100), np.asarray(list(exclude), dtype=int))
+    return np.where(rng.random(n) < pairs, rng.choice(two, n), np.arange(n) % 10)
+
+
 def _render_chunk(args):
-    seed, start, stop, size = args
+    seed, start, labels, size = args
     rng = np.random.default_rng([seed, start])
-    return np.stack([render(rng, d % 10, size) for d in range(start, stop)])
+    return np.stack([render(rng, int(k), size) for k in labels])
 
 
-def make_bank(n: int, size: int, seed: int, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """n rendered digits (uint8 [n, size, size, 3]), label i % 10; the same bytes for any worker count."""
-    chunks = [(seed, i, min(i + 500, n), size) for i in range(0, n, 500)]
+def make_bank(n: int, size: int, seed: int, workers: int = 0, pairs: float = 0.0,
+              exclude=()) -> tuple[torch.Tensor, torch.Tensor]:
+    """n rendered numbers (uint8 [n, size, size, 3]) and their labels (see `numbers`); the same bytes for any
+    worker count."""
+    labels = numbers(n, seed, pairs, exclude)
+    chunks = [(seed, i, labels[i:i + 500], size) for i in range(0, n, 500)]
     workers = workers or min(len(chunks), os.cpu_count() or 1)
     with Pool(workers) if workers > 1 else nullcontext() as pool:
         parts = list(tqdm((pool.imap if pool else map)(_render_chunk, chunks), total=len(chunks),
                           desc="rendering digits", unit="chunk", leave=False))
-    return torch.from_numpy(np.concatenate(parts)), torch.arange(n) % 10
+    return torch.from_numpy(np.concatenate(parts)), torch.from_numpy(labels)
+
+
+def excluded(cfg) -> list[int]:
+    return sorted(set(synth.EVALUATED_UNSEEN) | set(cfg.test_classes))
 
 
 def weights_path(cfg) -> str:
     """Where backbone_init=auto caches the trunk: like ImageNet weights, one file shared by every run and seed."""
-    return os.path.join(cfg.cache_dir, f"glyph_{cfg.backbone}_{cfg.img_size}px_{cfg.pretrain_steps}steps_"
-                                       f"{cfg.pretrain_images}img.pth")
+    name = f"glyph_{cfg.backbone}_{cfg.img_size}px_{cfg.pretrain_steps}steps_{cfg.pretrain_images}img"
+    if cfg.pretrain_pairs > 0:  # which numbers were left out is part of what the trunk is
+        name += f"_pairs{cfg.pretrain_pairs:g}_x{zlib.crc32(str(excluded(cfg)).encode()):08x}"
+    return os.path.join(cfg.cache_dir, name + ".pth")
 
 
 def _batches(frames, labels, batch_size, steps, gen):
@@ -145,15 +170,43 @@ def _to_input(frames, device, train: bool):
     return dataset.normalize(x)[:, 0].contiguous(memory_format=torch.channels_last)
 
 
+class GlyphNet(nn.Module):
+    """Trunk + a tens (11 classes, 10 = empty) and a units head on the whole, left-half and right-half pooled
+    feature map: where a digit sits must survive in the trunk's features for the tens head to name it."""
+
+    def __init__(self, body: nn.Module, c: int):
+        super().__init__()
+        self.body, self.tens, self.units = body, nn.Linear(3 * c, 11), nn.Linear(3 * c, 10)
+
+    def forward(self, x):
+        f = self.body(x)
+        half = max(1, f.shape[-1] // 2)
+        z = torch.cat([f.mean((2, 3)), f[..., :half].mean((2, 3)), f[..., -half:].mean((2, 3))], 1)
+        return self.tens(z), self.units(z)
+
+
+def _digits(number: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.where(number < 10, model_lib.EMPTY, number // 10), number % 10
+
+
+def _loss(net, x, number):
+    tens, units = net(x)
+    t, u = _digits(number)
+    return F.cross_entropy(tens.float(), t) + F.cross_entropy(units.float(), u)
+
+
 @torch.inference_mode()
 def accuracy(net, frames, labels, device, dtype) -> float:
+    """% of renders whose whole number (both digit positions) is read right."""
     net.eval()
     hits = 0
     for i in range(0, len(frames), 256):
         with utils.autocast(device, dtype):
-            hits += (net(_to_input(frames[i:i + 256], device, False)).argmax(1).cpu() == labels[i:i + 256]).sum()
+            tens, units = net(_to_input(frames[i:i + 256], device, False))
+        t, u = _digits(labels[i:i + 256].to(device))
+        hits += int(((tens.argmax(1) == t) & (units.argmax(1) == u)).sum())
     net.train()
-    return 100.0 * int(hits) / max(len(frames), 1)
+    return 100.0 * hits / max(len(frames), 1)
 
 
 def pretrain(cfg, out: str = "") -> str:
@@ -177,24 +230,25 @@ def _pretrain(cfg, out):
     device = torch.device(cfg.resolved_device())
     dtype = utils.amp_dtype(device, cfg.amp)
     utils.seed_everything(SEED)
-    frames, labels = make_bank(cfg.pretrain_images, cfg.img_size, SEED)
-    val_frames, val_labels = make_bank(min(1000, cfg.pretrain_images), cfg.img_size, SEED + 1)
+    bank = {"pairs": cfg.pretrain_pairs, "exclude": excluded(cfg)}
+    frames, labels = make_bank(cfg.pretrain_images, cfg.img_size, SEED, **bank)
+    val_frames, val_labels = make_bank(min(1000, cfg.pretrain_images), cfg.img_size, SEED + 1, **bank)
     body = model_lib.trunk(cfg.backbone, pretrained=False)[0]
-    net = nn.Sequential(body, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(model_lib.BACKBONES[cfg.backbone], 10))
-    net = net.to(device, memory_format=torch.channels_last)
+    net = GlyphNet(body, model_lib.BACKBONES[cfg.backbone]).to(device, memory_format=torch.channels_last)
     opt = utils.adamw(net.parameters(), device, cfg.lr, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.pretrain_steps, pct_start=0.15)
     gen = torch.Generator().manual_seed(SEED)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # float16 autocast on CUDA
     state = {"net": net, "opt": opt, "sched": sched, "scaler": scaler, "gen": gen}
-    partial, key = out + ".partial", [cfg.backbone, cfg.img_size, cfg.pretrain_steps, cfg.pretrain_images, cfg.lr]
+    partial = out + ".partial"
+    key = [cfg.backbone, cfg.img_size, cfg.pretrain_steps, cfg.pretrain_images, cfg.lr, cfg.pretrain_pairs]
     start, run = _resume(partial, key, state)
     bar = tqdm(_batches(frames, labels, 64, cfg.pretrain_steps - start, gen), initial=start,
                total=cfg.pretrain_steps, desc="glyph pretraining", dynamic_ncols=True)
     t0 = time.time()
     for step, (x, y) in enumerate(bar, start):
         with utils.autocast(device, dtype):
-            loss = F.cross_entropy(net(_to_input(x, device, True)).float(), y.to(device))
+            loss = _loss(net, _to_input(x, device, True), y.to(device))
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -209,7 +263,7 @@ def _pretrain(cfg, out):
              accuracy(net, frames[:1000], labels[:1000], device, dtype), acc, len(val_labels))
     utils.atomic_save({"trunk": {k: v.cpu() for k, v in body.state_dict().items()}, "backbone": cfg.backbone,
                        "img_size": cfg.img_size, "steps": cfg.pretrain_steps, "images": cfg.pretrain_images,
-                       "seed": SEED, "glyph_val_acc": acc}, out)
+                       "seed": SEED, "glyph_val_acc": acc, **bank}, out)
     if os.path.exists(partial):
         os.remove(partial)
     log.info("glyph pretraining: %d steps (%d this call) in %.0f s, held-out render accuracy %.1f%% -> %s",

@@ -43,6 +43,13 @@ TRAIN_COUNTS = {4: 1029, 6: 867, 8: 2057, 9: 1499, 49: 121, 66: 145, 89: 87}   #
 HELDOUT_COUNTS = {48: 100, 64: 100, 88: 100}                                   # held-out test numbers
 EXTRA_UNSEEN_COUNTS = {44: 100, 46: 100, 68: 100, 69: 100, 84: 100, 86: 100}   # other unseen combos of seen digits
 DEFAULT_COUNTS = {**TRAIN_COUNTS, **HELDOUT_COUNTS, **EXTRA_UNSEEN_COUNTS}
+# The harder split (ablate.py --split=hard): all ten digits, 24 two-digit training numbers, 8 held-out two-digit
+# numbers whose tens digit is a training tens digit and whose units digit is a training units digit.
+HARD_TRAIN = list(range(1, 10)) + [10, 12, 15, 21, 23, 27, 31, 34, 39, 42, 50, 53, 56, 61, 67, 70, 72, 75, 81,
+                                   85, 90, 94, 97, 18]
+HARD_TEST = [13, 25, 37, 41, 58, 64, 79, 92]
+# every number this repo scores as unseen; pretrain.py never renders them
+EVALUATED_UNSEEN = sorted(set(HELDOUT_COUNTS) | set(EXTRA_UNSEEN_COUNTS) | set(HARD_TEST))
 
 MIN_W, MAX_W, MIN_H, MAX_H = 25, 90, 55, 140
 NO_ANCHOR_P = 0.15

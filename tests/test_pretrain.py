@@ -114,3 +114,16 @@ def test_interrupted_pretraining_resumes_to_the_same_trunk(tmp_path, monkeypatch
     # a partial file from other settings is ignored, not loaded into the wrong run
     torch.save({"key": ["other"]}, out + ".partial")
     assert pretrain._resume(out + ".partial", ["resnet18"], {}) == (0, 0.0)
+
+
+def test_pair_renders_never_hold_a_number_scored_as_unseen(tmp_path):
+    labels = pretrain.numbers(4000, seed=0, pairs=0.5, exclude=[48, 64, 88])
+    two = labels[labels >= 10]
+    assert 1700 < len(two) < 2300 and not set(two.tolist()) & {48, 64, 88}
+    assert set(labels[labels < 10].tolist()) == set(range(10))
+    cfg = tiny_cfg(tmp_path, pretrain_pairs=0.5, pretrain_images=30, test_classes=[57])
+    ck = torch.load(pretrain.pretrain(cfg, str(tmp_path / "p.pth")), weights_only=True)
+    assert ck["pairs"] == 0.5 and {57, 48, 64, 88, 13, 92} <= set(ck["exclude"])
+    # the cached trunk is keyed by what it was pretrained on
+    paths = {pretrain.weights_path(c) for c in (cfg, tiny_cfg(tmp_path, pretrain_pairs=0.5), tiny_cfg(tmp_path))}
+    assert len(paths) == 3
