@@ -62,6 +62,8 @@ def run_one(split, method, seed, args, data_root, train_nums, test_nums, extra):
     row = {"split": split, "method": method, "seed": seed}
     val = evaluate.main(ckpt + ["--split=val", f"--out={out}/val.json"])
     row["val"] = {r: m["accuracy"] for r, m in val["rules"].items()}
+    row["val_per_number"] = {n: v["accuracy"] for n, v in val["per_number"].items()}
+    row["val_two_digit"] = two_digit(val["per_number"])
     row["tau"] = val["config"]["logit_tau"]
     for name, nums in (("heldout", test_nums), ("extra_unseen", extra)):
         if nums:
@@ -74,6 +76,13 @@ def run_one(split, method, seed, args, data_root, train_nums, test_nums, extra):
     return row
 
 
+def two_digit(per_number) -> float | None:
+    """Argmax accuracy (%) on the seen two-digit numbers alone: whether a model reads two digits at all."""
+    hits = sum(v["correct"] for n, v in per_number.items() if int(n) >= 10)
+    total = sum(v["total"] for n, v in per_number.items() if int(n) >= 10)
+    return 100.0 * hits / total if total else None
+
+
 def summarize(rows) -> list[dict]:
     """mean and std per (split, method) of seen validation and unseen accuracy, argmax and tuned logit adjustment."""
     out = []
@@ -81,23 +90,29 @@ def summarize(rows) -> list[dict]:
         runs = [r for r in rows if r["split"] == split and r["method"] == method]
         entry = {"split": split, "method": method, "seeds": [r["seed"] for r in runs]}
         for key in ("val", "heldout", "extra_unseen"):
-            for rule in ("argmax", "logit_adjusted"):
-                vals = [r[key][rule] for r in runs if key in r]
-                if vals:
-                    entry[f"{key}_{rule}"] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+            for rule in ("argmax", "anti_empty", "logit_adjusted"):
+                _mean_std(entry, f"{key}_{rule}", [r[key][rule] for r in runs if key in r])
+        _mean_std(entry, "val_two_digit", [r["val_two_digit"] for r in runs if r.get("val_two_digit") is not None])
         out.append(entry)
     return out
 
 
+def _mean_std(entry, key, vals):
+    if vals:
+        entry[key] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
 def markdown(summary, args) -> str:
-    head = ("| split | method | seeds | seen val (argmax) | held-out (argmax) | held-out (logit adj., tau on val) "
-            "| other unseen (argmax) | other unseen (logit adj.) |\n|---|---|---|---|---|---|---|---|\n")
+    cols = [("seen val", "val_argmax"), ("seen two-digit", "val_two_digit"), ("held-out", "heldout_argmax"),
+            ("held-out anti_empty", "heldout_anti_empty"), ("held-out logit adj. (tau on val)", "heldout_logit_adjusted"),
+            ("other unseen", "extra_unseen_argmax"), ("other unseen anti_empty", "extra_unseen_anti_empty")]
     fmt = lambda e, k: f"{e[k][0]:.1f} ± {e[k][1]:.1f}" if k in e else "–"  # noqa: E731
-    lines = [f"| {e['split']} | {e['method']} | {len(e['seeds'])} | {fmt(e, 'val_argmax')} | {fmt(e, 'heldout_argmax')} "
-             f"| {fmt(e, 'heldout_logit_adjusted')} | {fmt(e, 'extra_unseen_argmax')} "
-             f"| {fmt(e, 'extra_unseen_logit_adjusted')} |" for e in summary]
+    head = "| split | method | seeds | " + " | ".join(c for c, _ in cols) + " |\n|" + "---|" * (3 + len(cols)) + "\n"
+    lines = [f"| {e['split']} | {e['method']} | {len(e['seeds'])} | " + " | ".join(fmt(e, k) for _, k in cols) + " |"
+             for e in summary]
     budget = (f"Budget: {args['epochs']} epochs, synth_scale {args['synth_scale']}, seeds {args['seeds']}, "
-              f"extra flags {' '.join(args['passthrough']) or 'none'}. Accuracy in %, mean ± std over seeds.\n\n")
+              f"extra flags {' '.join(args['passthrough']) or 'none'}. Accuracy in %, mean ± std over seeds; "
+              "argmax unless a rule is named; seen two-digit = the training split's two-digit numbers in validation.\n\n")
     return budget + head + "\n".join(lines) + "\n"
 
 
@@ -124,11 +139,26 @@ def main(argv=None):
                 if any(r["split"] == split and r["method"] == method and r["seed"] == seed for r in rows):
                     continue  # done in an earlier (interrupted) invocation
                 rows.append(run_one(split, method, seed, args, *settings))
-                summary = summarize(rows)
-                utils.atomic_save({"runs": rows, "summary": summary, "budget": args}, args["results"])
-                with open(args["results"].replace(".json", ".md"), "w") as f:
-                    f.write(markdown(summary, args))
-    log.info("\n%s", markdown(summarize(rows), args))
+                save(rows, args)
+    if rows:
+        save(backfill(rows, args["out_dir"]), args)
+        log.info("\n%s", markdown(summarize(rows), args))
+
+
+def save(rows, args):
+    summary = summarize(rows)
+    utils.atomic_save({"runs": rows, "summary": summary, "budget": args}, args["results"])
+    with open(args["results"].replace(".json", ".md"), "w") as f:
+        f.write(markdown(summary, args))
+
+
+def backfill(rows, out_dir):
+    """Seen two-digit accuracy for runs recorded by an older ablate.py, from the run's own val.json."""
+    for r in rows:
+        path = os.path.join(out_dir, r["split"], f"{r['method']}_s{r['seed']}", "val.json")
+        if "val_two_digit" not in r and os.path.isfile(path):
+            r["val_two_digit"] = two_digit(json.load(open(path))["per_number"])
+    return rows
 
 
 if __name__ == "__main__":

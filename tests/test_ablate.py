@@ -17,5 +17,16 @@ def test_grid_writes_every_run_and_a_table_and_resumes(tmp_path):
         assert 0 <= r["val"]["argmax"] <= 100 and "heldout" in r and "extra_unseen" in r
     table = (tmp_path / "ablation.md").read_text()
     assert "| original |" in table and "| compose_paste |" in table
+    assert "seen two-digit" in table and "held-out anti_empty" in table
+    # a results file from an older ablate.py (no two-digit figure) is completed from each run's val.json
+    old = json.loads(res.read_text())
+    expected = [r.pop("val_two_digit") for r in old["runs"]]
+    res.write_text(json.dumps(old))
     ablate.main(argv)  # everything done: nothing is run again
-    assert len(json.loads(res.read_text())["runs"]) == 2
+    rows = json.loads(res.read_text())["runs"]
+    assert len(rows) == 2 and [r["val_two_digit"] for r in rows] == expected
+
+
+def test_two_digit_accuracy_counts_only_numbers_from_10():
+    per = {"4": {"correct": 9, "total": 10}, "49": {"correct": 1, "total": 4}, "89": {"correct": 2, "total": 4}}
+    assert ablate.two_digit(per) == 37.5
