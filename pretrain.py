@@ -50,9 +50,6 @@ FONTS = [("DejaVuSans-BoldOblique.ttf", 0.0), ("DejaVuSans-Oblique.ttf", 0.04), 
          ("STIXGeneral.ttf", 0.04), ("STIXGeneralBolIta.ttf", 0.0), ("cmr10.ttf", 0.05), ("cmtt10.ttf", 0.05)]
 SEED = 0  # fixed like ImageNet weights are: every run and seed starts from the same trunk
 SAVE_EVERY = 250  # steps between resumable snapshots (<out>.partial), so a crash costs at most that many
-# font size as a fraction of the image, log-uniform: a number on a full-body crop resized to 64 px is often only
-# 6-12 px tall, so small glyphs must be as common as large ones
-GLYPH_SIZE = (0.16, 0.8)
 RENDER = 3  # glyphs are drawn at 3x and downscaled, so they end up soft like printed numbers seen from afar
 
 
@@ -93,7 +90,7 @@ def render(rng: np.random.Generator, number: int, size: int) -> np.ndarray:
     s = size * RENDER
     im = _background(rng, s)
     name, stroke = FONTS[rng.integers(len(FONTS))]
-    font = _font(name, int(s * np.exp(rng.uniform(*np.log(GLYPH_SIZE))))) or ImageFont.load_default()
+    font = _font(name, int(s * rng.uniform(0.3, 0.8))) or ImageFont.load_default()
     glyph = Image.new("L", (s, s))
     sw = int(stroke * font.size * rng.uniform(0.5, 1.5)) if hasattr(font, "size") else 0
     ImageDraw.Draw(glyph).text((s // 2, s // 2), str(number), fill=255, font=font, anchor="mm", stroke_width=sw,
