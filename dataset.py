@@ -220,6 +220,17 @@ def select_frames(n_frames: int, anchor: int | None, seq_len: int, strategy: str
     return idx
 
 
+def keep_frames(samples: list[Sample], picks: list[list[int]]) -> list[Sample]:
+    """Each sample cut down to the frames it will be read from (temporal order kept), so inference on new
+    footage decodes 5 frames per tracklet instead of all of them; re-picking on the result gives the same frames."""
+    out = []
+    for s, idx in zip(samples, picks):
+        keep = sorted(set(idx))
+        anchor = keep.index(s.anchor) if s.anchor in keep else None
+        out.append(Sample(s.path, s.number, [s.frames[j] for j in keep], anchor, s.group))
+    return out
+
+
 def load_frame(path: str, size: int, sharpen: float = 2.0) -> np.ndarray:
     """SPEC recipe: RGB -> sharpen -> LANCZOS to size x size. Any PIL mode (L, CMYK, RGBA, P) works."""
     with Image.open(path) as im:

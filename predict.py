@@ -118,7 +118,8 @@ def find_tracklets(path: str) -> tuple[list[dataset.Sample], Counter]:
 
 
 def load_inputs(paths: list[str], cfg):
-    """Samples of all INPUTs, decoded once, unreadable frames dropped and counted."""
+    """Samples of all INPUTs, cut to the frames that will be read, decoded once, unreadable frames dropped and
+    counted (an unreadable chosen frame leaves the tracklet read from its other chosen frames)."""
     samples, skipped = [], Counter()
     for p in paths:
         s, k = find_tracklets(p)
@@ -126,6 +127,7 @@ def load_inputs(paths: list[str], cfg):
         skipped.update(k)
     if not samples:
         raise config.ConfigError(f"no tracklet with images under {', '.join(map(repr, paths))}")
+    samples = dataset.keep_frames(samples, pick_frames(samples, cfg))
     store = dataset.FrameStore(samples, cfg.img_size, cfg.sharpen, "", cfg.num_workers)
     samples = store.drop_unreadable(samples, skipped)
     if not samples:
@@ -364,7 +366,7 @@ def main(argv=None):
         if "accuracy" in ref:
             meta["quantization"]["fp32_accuracy"] = ref["accuracy"]
     else:
-        res = run(net, samples, store, picks, cfg, device, dtype)
+        res = run(model_lib.fused_for_inference(net), samples, store, picks, cfg, device, dtype)
     preds = rows(res, samples, picks, threshold)
     meta.update(summary(preds))
     if extra["quantize"] and "accuracy" in meta:

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+import config
 import dataset
+import train
 from dataset import EMPTY, decompose, reconstruct, select_frames
 
 
@@ -163,3 +165,30 @@ def test_augment_keeps_shape_and_range():
     x = torch.rand(2, 3, 3, 32, 32)
     y = dataset.augment(x)
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1 and not torch.equal(x, y)
+
+
+@pytest.mark.parametrize("use_anchor", [True, False])
+def test_keep_frames_decodes_only_what_is_read_and_reads_the_same_frames(tiny_root, use_anchor):
+    samples, _ = dataset.crawl(str(tiny_root))
+    chooser = dataset.TrackletDataset(samples, None, 3, "uniform", use_anchor=use_anchor)
+    picks = [chooser.frame_indices(k) for k in range(len(samples))]
+    kept = dataset.keep_frames(samples, picks)
+    again = dataset.TrackletDataset(kept, None, 3, "uniform", use_anchor=use_anchor)
+    for k, (s, t) in enumerate(zip(samples, kept)):
+        assert len(t.frames) == len(set(picks[k])) <= 3 < len(s.frames) + 3
+        assert [t.frames[j] for j in again.frame_indices(k)] == [s.frames[j] for j in picks[k]]
+
+
+def test_composition_never_makes_a_test_number():
+    torch.manual_seed(0)
+    cfg = config.Config(compose_prob=1.0, test_classes=[44, 46, 48, 49, 64, 66, 68, 69], compose_exclude=[84, 86, 88, 89])
+    number = torch.tensor([4, 6, 8, 9] * 8)
+    tens, units = zip(*map(decompose, number.tolist()))
+    frames = torch.randint(0, 255, (32, 2, 16, 16, 3), dtype=torch.uint8)
+    batch = {"frames": frames, "mask": torch.ones(32, 2, dtype=torch.bool),
+             "tens": torch.tensor(tens), "units": torch.tensor(units), "number": number}
+    made = set()
+    for _ in range(5):
+        made |= set(train.prepare_batch(batch, cfg, torch.device("cpu"), train=True)[4].tolist())
+    excluded = set(cfg.test_classes) | set(cfg.compose_exclude)
+    assert not made & excluded and made - {4, 6, 8, 9}  # composites were made (94, 96, ...), none excluded
