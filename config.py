@@ -13,7 +13,7 @@ import sys
 import typing
 from dataclasses import dataclass, field, fields
 
-METHODS = ("original", "suppress", "logit_adjust", "balanced_softmax", "compositional", "compose")
+METHODS = ("original", "suppress", "logit_adjust", "balanced_softmax", "compositional", "compose", "ctc")
 
 
 @dataclass
@@ -53,6 +53,7 @@ class Config:
     head_hidden: int = 256
     reader: str = "pooled"               # pooled (SPEC) | positional (left/right halves pooled apart)
     head: str = "digits"                 # digits (tens incl. empty + units) | compositional (one softmax over 0..99)
+                                         # | ctc (one digit classifier along the width, CTC-scored numbers)
     # training
     method: str = "original"             # preset, see METHODS / apply_method
     batch_size: int = 16
@@ -136,7 +137,7 @@ class Config:
         e += [msg for ok, msg in checks if not ok]
         choices = {
             "train_sampling": ("uniform", "random", "center"), "eval_sampling": ("uniform", "random", "center"),
-            "backbone": ("resnet18", "resnet34", "resnet50", "cnn"), "head": ("digits", "compositional"),
+            "backbone": ("resnet18", "resnet34", "resnet50", "cnn"), "head": ("digits", "compositional", "ctc"),
             "reader": ("pooled", "positional"), "compose_mode": ("splice", "paste"),
             "class_weight": ("effective_number", "balanced", "none"), "split_by": ("sequence", "sample"),
             "loss": ("ce", "logit_adjusted", "balanced_softmax"), "method": METHODS,
@@ -177,6 +178,7 @@ def apply_method(cfg: Config) -> Config:
         "balanced_softmax": {"loss": "balanced_softmax", "class_weight": "none"},
         "compositional": {"head": "compositional", "class_weight": "none", "loss": "balanced_softmax"},
         "compose": {"compose_prob": 0.5},
+        "ctc": {"head": "ctc"},
     }
     explicit = getattr(cfg, "_explicit", set())
     for k, v in presets[cfg.method].items():

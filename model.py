@@ -10,15 +10,23 @@
          head 'compositional': tens, units and single-digit scores (10 each) composed into one
                                softmax over all numbers 0..99: s(N) = single(N) if N < 10 else
                                tens(N // 10) + units(N % 10)   (no empty class, cf. Grad 2025)
+         head 'ctc':           no head on the pooled vector: each frame's feature map is read column by column
+                               (height attention-pooled, Conv1d, 11 classes = digits + blank) and scored for
+                               every number 0..99 by CTC (Shi et al. 2016); frames are mixed by the temporal
+                               attention weights: log P(N) = logsumexp_t(log w_t + log P_t(N))
 """
+import copy
 import socket
 import warnings
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision
 
 EMPTY = 10
+BLANK = 10  # CTC blank among the column classes (digits 0-9 keep their own index)
+NEG = -1e30  # log of "impossible" in the CTC forward pass
 BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "cnn": 256}  # name -> feature channels
 
 
@@ -97,6 +105,57 @@ class TemporalAttention(nn.Module):
         return (w.unsqueeze(-1).to(h.dtype) * h).sum(1), w
 
 
+class ColumnReader(nn.Module):
+    """Feature map [N, C, h, w] -> per-column log-probabilities [N, max(w, min_cols), 11] (index 10 = blank).
+
+    One classifier slides along the width, so a digit is read the same wherever it sits: the left digit
+    of a two-digit print uses the weights that read single digits in the middle. Each column pools its
+    own rows with a learned softmax (the number sits on a few rows of the back). Maps narrower than
+    `min_cols` (ResNet at 64 px: 2) are stretched so that '88' (8, blank, 8) still fits."""
+
+    def __init__(self, c: int, hidden: int, dropout: float, min_cols: int = 8):
+        super().__init__()
+        self.min_cols = min_cols
+        self.rows = nn.Conv2d(c, 1, 1)
+        self.net = nn.Sequential(nn.Conv1d(c, hidden, 3, padding=1), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                                 nn.Dropout(dropout), nn.Conv1d(hidden, 11, 1))
+
+    def forward(self, fmap):
+        a = torch.softmax(self.rows(fmap).float(), dim=2).to(fmap.dtype)
+        cols = (a * fmap).sum(2)
+        if cols.shape[-1] < self.min_cols:
+            cols = F.interpolate(cols, size=self.min_cols, mode="linear", align_corners=False)
+        return torch.log_softmax(self.net(cols).float().transpose(1, 2), -1)
+
+
+def _ctc_tables():
+    """Extended labels (blank-separated) of the numbers 0..99, padded to 5 states, which states may be
+    entered by skipping a blank, and the two final states of each."""
+    ext = torch.full((100, 5), -1, dtype=torch.long)
+    for n in range(100):
+        ext[n, :3 if n < 10 else 5] = torch.tensor([BLANK, n, BLANK] if n < 10 else [BLANK, n // 10, BLANK, n % 10, BLANK])
+    skip = torch.zeros(100, 5, dtype=torch.bool)
+    skip[:, 2:] = (ext[:, 2:] != BLANK) & (ext[:, 2:] >= 0) & (ext[:, 2:] != ext[:, :-2])
+    ends = torch.tensor([[1, 2] if n < 10 else [3, 4] for n in range(100)])
+    return ext, skip, ends
+
+
+def ctc_number_logprob(logp):
+    """Column log-probs [N, W, 11] -> [N, 100]: log P(digit string of N) summed over every CTC alignment
+    (the forward algorithm of Graves et al. 2006, for all 100 numbers at once; equals -F.ctc_loss).
+    Impossible states hold a large finite negative, not -inf: logsumexp over all -inf has a NaN gradient."""
+    ext, skip, ends = (t.to(logp.device) for t in CTC_TABLES)
+    N, W, _ = logp.shape
+    e = logp[:, :, ext.clamp(min=0)].masked_fill(ext < 0, NEG)  # [N, W, 100, 5]
+    neg = torch.full((N, 100, 1), NEG, device=logp.device)
+    alpha = torch.cat([e[:, 0, :, :2], neg.expand(N, 100, 3)], 2)
+    for t in range(1, W):
+        one = torch.cat([neg, alpha[..., :-1]], 2)
+        two = torch.cat([neg, neg, alpha[..., :-2]], 2).masked_fill(~skip, NEG)
+        alpha = torch.logsumexp(torch.stack([alpha, one, two]), 0) + e[:, t]
+    return torch.logsumexp(alpha.gather(2, ends.expand(N, 100, 2)), 2)
+
+
 class DigitHead(nn.Module):
     """Linear-BN-ReLU-dropout-Linear-BN plus a linear shortcut, ReLU, dropout, Linear -> classes."""
 
@@ -139,8 +198,10 @@ class JerseyTemporalNet(nn.Module):
             self.tens = DigitHead(d, head_hidden, 10, dropout)
             self.units = DigitHead(d, head_hidden, 10, dropout)
             self.single = DigitHead(d, head_hidden, 10, dropout)
+        elif head == "ctc":
+            self.columns = ColumnReader(c, head_hidden, dropout)
         else:
-            raise ValueError(f"head must be 'digits' or 'compositional', got {head!r}")
+            raise ValueError(f"head must be 'digits', 'compositional' or 'ctc', got {head!r}")
         self.channels_last = channels_last
         self.freeze_backbone(freeze_fraction)
 
@@ -157,12 +218,11 @@ class JerseyTemporalNet(nn.Module):
         return self.freeze_backbone(1.0 - fraction)
 
     def encode(self, x, mask=None):
-        """[B, T, 3, H, W] -> sequence embedding [B, 2H] and temporal attention weights [B, T]."""
+        """[B, T, 3, H, W] -> sequence embedding [B, 2H], temporal attention weights [B, T] and, for the ctc
+        head, per-frame column log-probabilities [B, T, W, 11] (else None)."""
         B, T = x.shape[:2]
-        f = x.flatten(0, 1)
-        if self.channels_last:
-            f = f.contiguous(memory_format=torch.channels_last)
-        f = self.pool(self.spatial(self.backbone(f))).view(B, T, -1)
+        f, cols = self.frame_features(x.flatten(0, 1), None if self.training else repeats(x))
+        f, cols = f.view(B, T, -1), None if cols is None else cols.view(B, T, *cols.shape[1:])
         if mask is not None and not bool(mask.all()):
             lengths = mask.sum(1).clamp(min=1).cpu()
             packed = nn.utils.rnn.pack_padded_sequence(f, lengths, batch_first=True, enforce_sorted=False)
@@ -171,10 +231,25 @@ class JerseyTemporalNet(nn.Module):
         else:
             h, _ = self.lstm(f)
         if self.temporal is not None:
-            return self.temporal(h, mask)
+            return (*self.temporal(h, mask), cols)
         m = torch.ones(B, T, device=x.device) if mask is None else mask.float()
         w = m / m.sum(1, keepdim=True)
-        return (w.unsqueeze(-1).to(h.dtype) * h).sum(1), w
+        return (w.unsqueeze(-1).to(h.dtype) * h).sum(1), w, cols
+
+    def frame_features(self, f, repeated=None):
+        """[N, 3, H, W] -> pooled features [N, C] and column log-probs (ctc head) or None. Frames flagged in
+        `repeated` (exact copies of the frame before them, as padding makes for short tracklets) reuse that
+        frame's outputs instead of running the trunk again; only in eval mode, where BatchNorm makes each
+        frame's output independent of the batch."""
+        if repeated is not None and bool(repeated.any()):
+            keep = ~repeated
+            src = keep.cumsum(0) - 1
+            pooled, cols = self.frame_features(f[keep])
+            return pooled[src], None if cols is None else cols[src]
+        if self.channels_last:
+            f = f.contiguous(memory_format=torch.channels_last)
+        fmap = self.spatial(self.backbone(f))
+        return self.pool(fmap), self.columns(fmap) if self.head_type == "ctc" else None
 
     def pool(self, fmap):
         if self.position is None:
@@ -184,7 +259,13 @@ class JerseyTemporalNet(nn.Module):
         return self.position(torch.cat(parts, 1))
 
     def forward(self, x, mask=None):
-        z, attn = self.encode(x, mask)
+        z, attn, cols = self.encode(x, mask)
+        if self.head_type == "ctc":
+            B, T = cols.shape[:2]
+            per_frame = ctc_number_logprob(cols.flatten(0, 1)).view(B, T, 100)
+            # a mixture over frames: the number need only be readable in the frames attention trusts
+            return {"number": torch.logsumexp(per_frame + attn.clamp_min(1e-30).log().unsqueeze(-1), 1),
+                    "attention": attn}
         if self.head_type == "digits":
             return {"tens": self.tens(z), "units": self.units(z), "attention": attn}
         return {"number": compose_scores(self.tens(z), self.units(z), self.single(z)), "attention": attn}
@@ -200,6 +281,16 @@ class JerseyTemporalNet(nn.Module):
         conf, number = p_num.max(1)
         return {"number": number, "confidence": conf, "tens_probs": p_tens, "units_probs": p_units,
                 "number_probs": p_num, "attention": out["attention"].float()}
+
+
+def repeats(x) -> torch.Tensor:
+    """[B, T, ...] -> flat [B*T] bool: frame t is an exact copy of frame t-1 of its own sequence."""
+    same = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+    same[:, 1:] = (x[:, 1:] == x[:, :-1]).flatten(2).all(2)
+    return same.flatten()
+
+
+CTC_TABLES = _ctc_tables()
 
 
 def compose_scores(tens, units, single):
@@ -237,6 +328,15 @@ def build(cfg, pretrained: bool | None = None, init_path: str = "") -> JerseyTem
                              lstm_layers=cfg.lstm_layers, dropout=cfg.dropout, head_hidden=cfg.head_hidden,
                              head=cfg.head, channels_last=cfg.channels_last, reader=cfg.reader,
                              init_path=init_path)
+
+
+def fused_for_inference(net: JerseyTemporalNet) -> JerseyTemporalNet:
+    """An eval-mode copy with every conv + BatchNorm pair of the trunk folded into one conv (torch.fx):
+    one pass over memory less per layer, ~10% faster on CPU, the same outputs up to rounding. Never train it."""
+    from torch.fx.experimental.optimization import fuse
+    net = copy.deepcopy(net).eval()
+    net.backbone = fuse(net.backbone)
+    return net
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

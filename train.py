@@ -48,13 +48,16 @@ class Criterion:
                                                           empty_suppression=cfg.empty_suppression, **kw),
                             "units": dataset.class_weights(units, 11, **kw)}
             self.shift = {"tens": tau * log_prior(tens, 11), "units": tau * log_prior(units, 11)}
-        else:
+        else:  # compositional: softmax over 0..99; ctc: scores are already log P(number) under CTC
             self.weights = {"number": dataset.class_weights(train_numbers, 100, **kw)}
             self.shift = {"number": tau * log_prior(train_numbers, 100)}
         self.weights = {k: v.to(device) for k, v in self.weights.items()}
         self.shift = {k: v.to(device) for k, v in self.shift.items()}
 
     def __call__(self, out, tens, units, number):
+        if self.head == "ctc":  # the CTC likelihood itself (no softmax over the 100 numbers, no smoothing)
+            w = self.weights["number"][number]
+            return -(w * out["number"].gather(1, number[:, None]).squeeze(1)).sum() / w.sum().clamp_min(1e-12)
         targets = {"tens": tens, "units": units, "number": number}
         return sum(weighted_ce(out[k].float() + self.shift[k], targets[k], self.weights[k], self.smoothing)
                    for k in self.weights)
@@ -125,8 +128,10 @@ def prepare_batch(batch, cfg, device, train: bool):
     tens, units, number = (batch[k].to(device) for k in ("tens", "units", "number"))
     if train:
         if cfg.compose_prob > 0:
-            x, tens, units, number = dataset.compose_batch(x, tens, units, number, cfg.compose_prob,
-                                                           cfg.compose_exclude, **COMPOSE_MODES[cfg.compose_mode])
+            # a held-out number is never synthesised: composition may only teach digits and positions
+            exclude = sorted(set(cfg.compose_exclude) | set(cfg.test_classes))
+            x, tens, units, number = dataset.compose_batch(x, tens, units, number, cfg.compose_prob, exclude,
+                                                           **COMPOSE_MODES[cfg.compose_mode])
         x = dataset.augment(x)
     return dataset.normalize(x), batch["mask"].to(device), tens, units, number
 

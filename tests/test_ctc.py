@@ -1,0 +1,92 @@
+"""The CTC reader (head=ctc), eval-time frame de-duplication and conv+BN folding."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import config
+import model as model_lib
+import train
+from model import JerseyTemporalNet
+
+
+def _ctc_reference(logp, n):
+    """log P(digits of n) from PyTorch's own CTC loss."""
+    N, W, _ = logp.shape
+    tgt = torch.tensor([[n]] if n < 10 else [[n // 10, n % 10]]).expand(N, -1)
+    return -F.ctc_loss(logp.transpose(0, 1), tgt, torch.full((N,), W), torch.full((N,), tgt.shape[1]),
+                       blank=model_lib.BLANK, reduction="none")
+
+
+@pytest.mark.parametrize("n", [0, 4, 9, 10, 44, 48, 49, 88, 99])
+def test_ctc_forward_matches_torch_ctc_loss(n):
+    torch.manual_seed(n)
+    logp = torch.randn(5, 8, 11).log_softmax(-1)
+    assert torch.allclose(model_lib.ctc_number_logprob(logp)[:, n], _ctc_reference(logp, n), atol=1e-4)
+
+
+def test_ctc_reads_a_crafted_alignment():
+    """Columns that say blank, 4, 4, blank, 8, blank... read as 48; blank, 8, 8, blank as 8, not 88."""
+    def columns(symbols):
+        logp = torch.full((1, len(symbols), 11), -20.0)
+        for t, s in enumerate(symbols):
+            logp[0, t, s] = 0.0
+        return logp
+    b = model_lib.BLANK
+    assert model_lib.ctc_number_logprob(columns([b, 4, 4, b, 8, b, b, b]))[0].argmax() == 48
+    assert model_lib.ctc_number_logprob(columns([b, 8, 8, b, b, b, b, b]))[0].argmax() == 8
+    assert model_lib.ctc_number_logprob(columns([b, 8, b, 8, b, b, b, b]))[0].argmax() == 88
+    # the probabilities of the 100 numbers never exceed the whole CTC mass
+    assert model_lib.ctc_number_logprob(torch.randn(3, 8, 11).log_softmax(-1)).exp().sum(1).le(1 + 1e-5).all()
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "cnn"])
+def test_ctc_model_shapes_and_finite_gradients(backbone):
+    torch.manual_seed(0)
+    net = JerseyTemporalNet(backbone=backbone, pretrained=False, lstm_hidden=16, head_hidden=16, head="ctc")
+    x = torch.randn(3, 4, 3, 64, 64)
+    out = net(x)
+    assert out["number"].shape == (3, 100) and (out["number"] <= 1e-4).all()
+    cfg = config.Config(head="ctc")
+    crit = train.Criterion(cfg, [4, 6, 49], "cpu")
+    number = torch.tensor([4, 49, 6])
+    loss = crit(out, number, number, number)
+    expected = -(crit.weights["number"][number] * out["number"][torch.arange(3), number]).sum() \
+        / crit.weights["number"][number].sum()
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    p_num, p_tens, p_units = model_lib.probabilities(out)
+    assert torch.allclose(p_num.sum(1), torch.ones(3), atol=1e-5) and p_tens.shape == (3, 11)
+
+
+@pytest.mark.parametrize("head", ["digits", "ctc"])
+def test_repeated_frames_are_computed_once_with_the_same_answer(head, monkeypatch):
+    torch.manual_seed(0)
+    net = JerseyTemporalNet(backbone="cnn", pretrained=False, lstm_hidden=16, head_hidden=16, head=head).eval()
+    x = torch.randn(2, 5, 3, 32, 32)
+    x[0, 3:] = x[0, 2]  # padding by repeating the last frame
+    x[1, 4] = x[1, 3]
+    assert model_lib.repeats(x).tolist() == [False] * 3 + [True, True] + [False] * 4 + [True]
+    calls = []
+    monkeypatch.setattr(net.backbone, "forward", lambda f, fwd=net.backbone.forward: calls.append(len(f)) or fwd(f))
+    with torch.no_grad():
+        fast = net(x)
+        monkeypatch.setattr(model_lib, "repeats", lambda x: torch.zeros(x.shape[0] * x.shape[1], dtype=torch.bool))
+        slow = net(x)
+    assert calls == [7, 10]
+    key = "tens" if head == "digits" else "number"
+    assert torch.allclose(fast[key], slow[key], atol=1e-5)
+
+
+def test_fused_for_inference_gives_the_same_outputs():
+    torch.manual_seed(0)
+    net = JerseyTemporalNet(pretrained=False, lstm_hidden=16, head_hidden=16)
+    net.train()(torch.randn(4, 2, 3, 32, 32))  # non-trivial BatchNorm running statistics
+    net.eval()
+    fused = model_lib.fused_for_inference(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.backbone.modules())
+    x = torch.randn(2, 3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x)["tens"], fused(x)["tens"], atol=1e-4)
+    assert net.training is False and any(isinstance(m, torch.nn.BatchNorm2d) for m in net.backbone.modules())
