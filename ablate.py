@@ -3,14 +3,19 @@
     python ablate.py                                        # default grid, original split
     python ablate.py --split=hard                           # more digits, several two-digit numbers held out
     python ablate.py --methods=original,compose --seeds=1,2,3 --epochs=6 --synth_scale=0.2
+    python ablate.py --jobs=2 ...                           # two runs at a time, one thread each
 
 Writes results/ablation.json (every run, incrementally: an interrupted grid resumes where it stopped)
 and results/ablation.md (mean +- std per method). Rules, tau and the method are chosen on seen-number
 validation only; held-out numbers are never looked at to pick anything.
 """
 import json
+import multiprocessing
 import os
 import statistics
+from concurrent.futures import ProcessPoolExecutor, as_completed
+
+import torch
 
 import config
 import evaluate
@@ -28,11 +33,12 @@ METHODS = {
     "compositional": ["--head=compositional", "--loss=balanced_softmax", "--class_weight=none"],
     "positional": ["--reader=positional"],
     "compose": ["--compose_prob=0.5"],
-    "compose_no_test_pairs": ["--compose_prob=0.5"],  # + --compose_exclude=<every evaluated unseen number>
     "compose_positional": ["--compose_prob=0.5", "--reader=positional"],
     "compose_paste": ["--compose_prob=0.5", "--compose_mode=paste", "--reader=positional", "--empty_suppression=1"],
     "compose_paste_compositional": ["--compose_prob=0.5", "--compose_mode=paste", "--reader=positional",
                                     "--head=compositional", "--loss=balanced_softmax", "--class_weight=none"],
+    "ctc": ["--head=ctc"],
+    "ctc_paste": ["--head=ctc", "--compose_prob=0.5", "--compose_mode=paste"],
 }
 HARD_TRAIN, HARD_TEST = synth.HARD_TRAIN, synth.HARD_TEST  # the harder split, defined in synth.py
 
@@ -54,8 +60,8 @@ def run_one(split, method, seed, args, data_root, train_nums, test_nums, extra):
               f"--synth_scale={args['synth_scale']}", f"--seed={seed}"]
     common += [f"--data_root={data_root}"] if data_root else []
     flags = METHODS[method] + args["passthrough"]
-    if method == "compose_no_test_pairs":
-        flags.append(f"--compose_exclude={','.join(map(str, test_nums + extra))}")
+    if extra and any(f.startswith("--compose_prob") for f in flags):  # train.py leaves out the test numbers;
+        flags.append(f"--compose_exclude={','.join(map(str, extra))}")  # the other scored ones too
     train.main(common + flags + [f"--epochs={args['epochs']}", f"--run_name=ablation_{split}_{method}_s{seed}",
                                  f"--log_dir={args['log_dir']}", f"--test_classes={','.join(map(str, test_nums))}"])
     ckpt = ["--checkpoint=" + os.path.join(out, "best_model.pth"), f"--results_dir={out}", "--tune_tau"]
@@ -120,11 +126,11 @@ def main(argv=None):
     import sys
     argv = sys.argv[1:] if argv is None else argv
     mine = {"methods": ",".join(METHODS), "seeds": "1,2,3", "split": "original", "epochs": 6, "synth_scale": 0.2,
-            "out_dir": "checkpoints/ablation", "results": "results/ablation.json", "log_dir": "logs"}
+            "out_dir": "checkpoints/ablation", "results": "results/ablation.json", "log_dir": "logs", "jobs": 1}
     own = [a for a in argv if a.split("=")[0].lstrip("-") in mine]
     args = {**mine, **{a.split("=", 1)[0].lstrip("-"): a.split("=", 1)[1] for a in own}}
     args["passthrough"] = [a for a in argv if a not in own]
-    args["epochs"], args["synth_scale"] = int(args["epochs"]), float(args["synth_scale"])
+    args["epochs"], args["synth_scale"], args["jobs"] = int(args["epochs"]), float(args["synth_scale"]), int(args["jobs"])
     methods = args["methods"].split(",")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -132,17 +138,29 @@ def main(argv=None):
     seeds = [int(s) for s in args["seeds"].split(",")]
     utils.setup_logging()
     rows = json.load(open(args["results"]))["runs"] if os.path.isfile(args["results"]) else []
+    done = {(r["split"], r["method"], r["seed"]) for r in rows}  # from an earlier (interrupted) invocation
+    todo = []
     for split in args["split"].split(","):
-        settings = split_settings(split, args["synth_scale"], 0)
-        for method in methods:
-            for seed in seeds:
-                if any(r["split"] == split and r["method"] == method and r["seed"] == seed for r in rows):
-                    continue  # done in an earlier (interrupted) invocation
-                rows.append(run_one(split, method, seed, args, *settings))
-                save(rows, args)
+        settings = split_settings(split, args["synth_scale"], 0)  # made here, once, not by parallel runs
+        todo += [(split, m, s, args, *settings) for m in methods for s in seeds if (split, m, s) not in done]
+    for row in _run_all(todo, args["jobs"]):
+        rows.append(row)
+        save(rows, args)
     if rows:
         save(backfill(rows, args["out_dir"]), args)
         log.info("\n%s", markdown(summarize(rows), args))
+
+
+def _run_all(todo, jobs: int):
+    """Rows of every run, in order of completion; jobs > 1 runs that many at once, one thread each
+    (on a 2-core CPU two one-thread runs finish sooner than two two-thread runs sharing the cores)."""
+    if jobs <= 1:
+        yield from (run_one(*t) for t in todo)
+        return
+    # not multiprocessing.Pool: its daemonic workers may not start the decoding pools a run uses
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        yield from (f.result() for f in as_completed([pool.submit(run_one, *t) for t in todo]))
 
 
 def save(rows, args):

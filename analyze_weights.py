@@ -9,7 +9,7 @@ import torch
 import config
 import utils
 
-COMPONENTS = ("backbone", "spatial", "lstm", "temporal", "tens", "units", "single")
+COMPONENTS = ("backbone", "spatial", "lstm", "temporal", "tens", "units", "single", "columns")
 
 
 def component_summary(module) -> dict:
@@ -23,8 +23,8 @@ def component_summary(module) -> dict:
 
 
 def output_layer_stats(head) -> dict:
-    """Statistics of a head's final Linear layer (the one that produces the class logits)."""
-    last = head.out[-1]
+    """Statistics of a head's final layer (the one that produces the class logits; a 1x1 Conv1d for ctc)."""
+    last = head.out[-1] if hasattr(head, "out") else head.net[-1]
     return {name: {"mean": p.mean().item(), "std": p.std().item(), "min": p.min().item(), "max": p.max().item(),
                    "shape": list(p.shape)} for name, p in (("weight", last.weight), ("bias", last.bias))}
 
@@ -35,7 +35,8 @@ def summarize(model) -> dict:
     size_mb = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())) / 2**20
     return {
         "components": {name: component_summary(m) for name, m in parts.items()},
-        "heads": {name: output_layer_stats(parts[name]) for name in ("tens", "units", "single") if name in parts},
+        "heads": {name: output_layer_stats(parts[name]) for name in ("tens", "units", "single", "columns")
+                  if name in parts},
         "total_parameters": total,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "model_size_mb": round(size_mb, 2),

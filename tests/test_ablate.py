@@ -30,3 +30,17 @@ def test_grid_writes_every_run_and_a_table_and_resumes(tmp_path):
 def test_two_digit_accuracy_counts_only_numbers_from_10():
     per = {"4": {"correct": 9, "total": 10}, "49": {"correct": 1, "total": 4}, "89": {"correct": 2, "total": 4}}
     assert ablate.two_digit(per) == 37.5
+
+
+def test_parallel_grid_runs_every_job_once(tmp_path):
+    res = tmp_path / "ablation.json"
+    argv = ["--methods=ctc,ctc_paste", "--seeds=3", "--epochs=1", "--synth_scale=0.01", "--jobs=2",
+            f"--out_dir={tmp_path / 'ck'}", f"--results={res}", f"--log_dir={tmp_path / 'logs'}",
+            f"--synth_root={tmp_path / 'synth'}", f"--cache_dir={tmp_path / 'cache'}", "--img_size=32", "--seq_len=2",
+            "--pretrained=false", "--backbone=cnn", "--lstm_hidden=8", "--head_hidden=8", "--max_steps=2",
+            "--amp=false", "--batch_size=4"]
+    ablate.main(argv)
+    rows = json.loads(res.read_text())["runs"]
+    assert sorted((r["method"], r["seed"]) for r in rows) == [("ctc", 3), ("ctc_paste", 3)]
+    assert all("heldout" in r and "extra_unseen" in r for r in rows)
+    assert "| ctc_paste |" in (tmp_path / "ablation.md").read_text()

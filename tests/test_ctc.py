@@ -90,3 +90,24 @@ def test_fused_for_inference_gives_the_same_outputs():
     with torch.no_grad():
         assert torch.allclose(net(x)["tens"], fused(x)["tens"], atol=1e-4)
     assert net.training is False and any(isinstance(m, torch.nn.BatchNorm2d) for m in net.backbone.modules())
+
+
+def test_ctc_end_to_end_train_evaluate_analyze(tmp_path):
+    import json
+
+    import analyze_weights
+    import evaluate
+    import synth
+    root = synth.generate(tmp_path / "data", counts={4: 4, 6: 4, 49: 4, 48: 2}, seed=0, workers=1, progress=False)
+    common = [f"--data_root={root}", f"--checkpoint_dir={tmp_path / 'ck'}", f"--results_dir={tmp_path / 'res'}",
+              f"--log_dir={tmp_path / 'logs'}", f"--cache_dir={tmp_path / 'cache'}", "--img_size=32", "--batch_size=4",
+              "--pretrained=false", "--backbone=cnn", "--train_classes=4,6,49", "--test_classes=48",
+              "--val_split=0.34", "--lstm_hidden=16", "--head_hidden=16"]
+    best, history = train.main(common + ["--epochs=1", "--method=ctc", "--compose_prob=0.5", "--compose_mode=paste"])
+    assert len(history) == 1 and torch.isfinite(torch.tensor([history[0]["train_loss"], history[0]["val_loss"]])).all()
+    ckpt = f"--checkpoint={tmp_path / 'ck' / 'best_model.pth'}"
+    res = evaluate.main([ckpt, f"--out={tmp_path / 'eval.json'}", f"--cache_dir={tmp_path / 'cache'}"])
+    assert set(res["rules"]) == set(evaluate.RULES) and sum(v["total"] for v in res["per_number"].values()) == 2
+    assert all(0 <= p["pred"] <= 99 for p in json.loads((tmp_path / "eval.json").read_text())["predictions"])
+    s = analyze_weights.main([ckpt, f"--results_dir={tmp_path / 'res'}"])
+    assert "columns" in s["components"] and s["heads"]["columns"]["weight"]["shape"] == [11, 16, 1]
