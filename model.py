@@ -69,20 +69,6 @@ def trunk(name: str, pretrained: bool) -> tuple[nn.Sequential, bool]:
     return nn.Sequential(*list(resnet.children())[:-2]), loaded  # drop avgpool and fc
 
 
-def keep_width(net: nn.Sequential) -> nn.Sequential:
-    """The trunk's last downsampling halves the height only, so the map keeps twice the columns to read a
-    digit string along (as CRNN does, Shi et al. 2016): 16 columns at 64 px for the cnn, 4 for ResNet.
-    Same weights, so pretrained or glyph-pretrained trunks still load."""
-    pools = [m for m in net.modules() if isinstance(m, nn.MaxPool2d)]
-    if isinstance(net[-1], nn.ReLU) and pools:  # the small cnn: its last max-pool
-        pools[-1].kernel_size = pools[-1].stride = (2, 1)
-        return net
-    for m in net[-1].modules():  # ResNet: the strided convs of the last stage (main path and shortcut)
-        if isinstance(m, nn.Conv2d) and m.stride == (2, 2):
-            m.stride = (2, 1)
-    return net
-
-
 class InitError(ValueError):
     """backbone_init names weights that cannot be used for this backbone."""
 
@@ -193,8 +179,6 @@ class JerseyTemporalNet(nn.Module):
         if init_path and not self.pretrained_loaded:
             load_trunk(self.backbone, init_path)
             self.pretrained_loaded = True
-        if head == "ctc":
-            keep_width(self.backbone)
         c = BACKBONES[backbone]
         self.spatial = SpatialAttention(c) if spatial_attention else nn.Identity()
         if reader not in ("pooled", "positional"):

@@ -112,12 +112,3 @@ def test_ctc_end_to_end_train_evaluate_analyze(tmp_path):
     s = analyze_weights.main([ckpt, f"--results_dir={tmp_path / 'res'}"])
     assert "columns" in s["components"] and s["heads"]["columns"]["weight"]["shape"] == [11, 16, 1]
 
-
-@pytest.mark.parametrize("backbone,cols", [("cnn", 16), ("resnet18", 4)])
-def test_ctc_trunk_keeps_twice_the_columns(backbone, cols):
-    plain = JerseyTemporalNet(backbone=backbone, pretrained=False, lstm_hidden=8, head_hidden=8)
-    ctc = JerseyTemporalNet(backbone=backbone, pretrained=False, lstm_hidden=8, head_hidden=8, head="ctc")
-    x = torch.randn(1, 3, 64, 64)
-    assert plain.backbone(x).shape[-1] * 2 == ctc.backbone(x).shape[-1] == cols
-    assert plain.backbone(x).shape[-2] == ctc.backbone(x).shape[-2]
-    ctc.backbone.load_state_dict(plain.backbone.state_dict())  # the same weights fit (pretrained trunks load)
