@@ -111,4 +111,7 @@ def test_ctc_end_to_end_train_evaluate_analyze(tmp_path):
     assert all(0 <= p["pred"] <= 99 for p in json.loads((tmp_path / "eval.json").read_text())["predictions"])
     s = analyze_weights.main([ckpt, f"--results_dir={tmp_path / 'res'}"])
     assert "columns" in s["components"] and s["heads"]["columns"]["weight"]["shape"] == [11, 16, 1]
+    import predict
+    info = predict.main([ckpt, "--export_onnx", str(tmp_path / "ctc.onnx")])  # the CTC forward exports too
+    assert info["max_abs_diff_vs_pytorch"] < 1e-4
 
