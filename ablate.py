@@ -76,6 +76,7 @@ def run_one(split, method, seed, args, data_root, train_nums, test_nums, extra):
             res = evaluate.main(ckpt + [f"--test_classes={','.join(map(str, nums))}", f"--out={out}/{name}.json"]
                                 + (["--stability"] if name == "heldout" else []))
             row[name] = {r: m["accuracy"] for r, m in res["rules"].items()}
+            row[f"{name}_one_digit"] = one_digit_share(res["predictions"])
             row[f"{name}_per_number"] = {n: v["accuracy"] for n, v in res["per_number"].items()}
             if "stability" in res:
                 row["stability"] = res["stability"]
@@ -89,6 +90,11 @@ def two_digit(per_number) -> float | None:
     return 100.0 * hits / total if total else None
 
 
+def one_digit_share(predictions) -> float:
+    """% of (two-digit, unseen) tracklets answered with a one-digit number: the model did not see two digits."""
+    return 100.0 * sum(p["pred"] < 10 for p in predictions) / max(len(predictions), 1)
+
+
 def summarize(rows) -> list[dict]:
     """mean and std per (split, method) of seen validation and unseen accuracy, argmax and tuned logit adjustment."""
     out = []
@@ -98,7 +104,8 @@ def summarize(rows) -> list[dict]:
         for key in ("val", "heldout", "extra_unseen"):
             for rule in ("argmax", "anti_empty", "logit_adjusted"):
                 _mean_std(entry, f"{key}_{rule}", [r[key][rule] for r in runs if key in r])
-        _mean_std(entry, "val_two_digit", [r["val_two_digit"] for r in runs if r.get("val_two_digit") is not None])
+        for key in ("val_two_digit", "heldout_one_digit"):
+            _mean_std(entry, key, [r[key] for r in runs if r.get(key) is not None])
         out.append(entry)
     return out
 
@@ -111,6 +118,7 @@ def _mean_std(entry, key, vals):
 def markdown(summary, args) -> str:
     cols = [("seen val", "val_argmax"), ("seen two-digit", "val_two_digit"), ("held-out", "heldout_argmax"),
             ("held-out anti_empty", "heldout_anti_empty"), ("held-out logit adj. (tau on val)", "heldout_logit_adjusted"),
+            ("held-out answered with one digit", "heldout_one_digit"),
             ("other unseen", "extra_unseen_argmax"), ("other unseen anti_empty", "extra_unseen_anti_empty")]
     fmt = lambda e, k: f"{e[k][0]:.1f} ± {e[k][1]:.1f}" if k in e else "–"  # noqa: E731
     head = "| split | method | seeds | " + " | ".join(c for c, _ in cols) + " |\n|" + "---|" * (3 + len(cols)) + "\n"
@@ -171,11 +179,13 @@ def save(rows, args):
 
 
 def backfill(rows, out_dir):
-    """Seen two-digit accuracy for runs recorded by an older ablate.py, from the run's own val.json."""
+    """Figures an older ablate.py did not record, from the run's own val.json and heldout.json."""
     for r in rows:
-        path = os.path.join(out_dir, r["split"], f"{r['method']}_s{r['seed']}", "val.json")
-        if "val_two_digit" not in r and os.path.isfile(path):
-            r["val_two_digit"] = two_digit(json.load(open(path))["per_number"])
+        run = os.path.join(out_dir, r["split"], f"{r['method']}_s{r['seed']}")
+        if "val_two_digit" not in r and os.path.isfile(os.path.join(run, "val.json")):
+            r["val_two_digit"] = two_digit(json.load(open(os.path.join(run, "val.json")))["per_number"])
+        if "heldout_one_digit" not in r and os.path.isfile(os.path.join(run, "heldout.json")):
+            r["heldout_one_digit"] = one_digit_share(json.load(open(os.path.join(run, "heldout.json")))["predictions"])
     return rows
 
 

@@ -20,11 +20,13 @@ def test_grid_writes_every_run_and_a_table_and_resumes(tmp_path):
     assert "seen two-digit" in table and "held-out anti_empty" in table
     # a results file from an older ablate.py (no two-digit figure) is completed from each run's val.json
     old = json.loads(res.read_text())
-    expected = [r.pop("val_two_digit") for r in old["runs"]]
+    expected = [(r.pop("val_two_digit"), r.pop("heldout_one_digit")) for r in old["runs"]]
+    assert all(0 <= one <= 100 for _, one in expected)
     res.write_text(json.dumps(old))
     ablate.main(argv)  # everything done: nothing is run again
     rows = json.loads(res.read_text())["runs"]
-    assert len(rows) == 2 and [r["val_two_digit"] for r in rows] == expected
+    assert len(rows) == 2 and [(r["val_two_digit"], r["heldout_one_digit"]) for r in rows] == expected
+    assert "held-out answered with one digit" in (tmp_path / "ablation.md").read_text()
 
 
 def test_two_digit_accuracy_counts_only_numbers_from_10():
