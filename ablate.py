@@ -138,7 +138,8 @@ def main(argv=None):
     own = [a for a in argv if a.split("=")[0].lstrip("-") in mine]
     args = {**mine, **{a.split("=", 1)[0].lstrip("-"): a.split("=", 1)[1] for a in own}}
     args["passthrough"] = [a for a in argv if a not in own]
-    args["epochs"], args["synth_scale"], args["jobs"] = int(args["epochs"]), float(args["synth_scale"]), int(args["jobs"])
+    args["epochs"], args["jobs"] = int(args["epochs"]), int(args["jobs"])
+    args["synth_scale"] = float(args["synth_scale"])
     methods = args["methods"].split(",")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

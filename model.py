@@ -133,7 +133,8 @@ def _ctc_tables():
     entered by skipping a blank, and the two final states of each."""
     ext = torch.full((100, 5), -1, dtype=torch.long)
     for n in range(100):
-        ext[n, :3 if n < 10 else 5] = torch.tensor([BLANK, n, BLANK] if n < 10 else [BLANK, n // 10, BLANK, n % 10, BLANK])
+        digits = [n] if n < 10 else [n // 10, n % 10]
+        ext[n, :2 * len(digits) + 1] = torch.tensor([BLANK] + [v for d in digits for v in (d, BLANK)])
     skip = torch.zeros(100, 5, dtype=torch.bool)
     skip[:, 2:] = (ext[:, 2:] != BLANK) & (ext[:, 2:] >= 0) & (ext[:, 2:] != ext[:, :-2])
     ends = torch.tensor([[1, 2] if n < 10 else [3, 4] for n in range(100)])

@@ -181,7 +181,8 @@ def test_keep_frames_decodes_only_what_is_read_and_reads_the_same_frames(tiny_ro
 
 def test_composition_never_makes_a_test_number():
     torch.manual_seed(0)
-    cfg = config.Config(compose_prob=1.0, test_classes=[44, 46, 48, 49, 64, 66, 68, 69], compose_exclude=[84, 86, 88, 89])
+    cfg = config.Config(compose_prob=1.0, test_classes=[44, 46, 48, 49, 64, 66, 68, 69],
+                        compose_exclude=[84, 86, 88, 89])
     number = torch.tensor([4, 6, 8, 9] * 8)
     tens, units = zip(*map(decompose, number.tolist()))
     frames = torch.randint(0, 255, (32, 2, 16, 16, 3), dtype=torch.uint8)
