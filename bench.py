@@ -21,6 +21,7 @@ import os
 import platform
 import resource
 import time
+from collections import Counter
 
 import torch
 import torchvision.transforms as T
@@ -191,8 +192,7 @@ def end_to_end_infer(cfg, samples, device, dtype, reference: bool):
         return len(samples)
 
     def run_ours():
-        picked = dataset.keep_frames(samples, predict.pick_frames(samples, cfg))  # predict.py's path
-        store = dataset.FrameStore(picked, cfg.img_size, cfg.sharpen, cache_dir="")  # no cache: decode for real
+        picked, store = predict.decode_picked(samples, cfg, Counter())  # predict.py's path, no cache
         ds = dataset.TrackletDataset(picked, store, cfg.seq_len, cfg.eval_sampling, use_anchor=False)
         with torch.inference_mode(), utils.autocast(device, dtype):
             for b in DataLoader(ds, batch_size=64, collate_fn=dataset.collate):

@@ -127,13 +127,19 @@ def load_inputs(paths: list[str], cfg):
         skipped.update(k)
     if not samples:
         raise config.ConfigError(f"no tracklet with images under {', '.join(map(repr, paths))}")
-    samples = dataset.keep_frames(samples, pick_frames(samples, cfg))
-    store = dataset.FrameStore(samples, cfg.img_size, cfg.sharpen, "", cfg.num_workers)
-    samples = store.drop_unreadable(samples, skipped)
+    samples, store = decode_picked(samples, cfg, skipped)
     if not samples:
         raise config.ConfigError("no readable image in any tracklet")
     dataset.report_skips(skipped)
     return samples, store, skipped
+
+
+def decode_picked(samples, cfg, skipped: Counter):
+    """Samples cut to the frames that will be read, those decoded (no cache: new footage), unreadable ones
+    dropped and counted in `skipped`; returns (samples, store)."""
+    samples = dataset.keep_frames(samples, pick_frames(samples, cfg))
+    store = dataset.FrameStore(samples, cfg.img_size, cfg.sharpen, "", cfg.num_workers)
+    return store.drop_unreadable(samples, skipped), store
 
 
 class Picked(Dataset):
