@@ -44,6 +44,7 @@ class Config:
     pretrain_steps: int = 1500           # glyph pretraining budget (pretrain.py)
     pretrain_images: int = 20000
     pretrain_pairs: float = 0.0          # share of two-digit renders (never a number the repo scores as unseen)
+    pretrain_min_size: float = 0.3       # smallest rendered number, as a fraction of the image height (largest: 0.8)
     freeze_fraction: float = 0.6
     spatial_attention: bool = True
     temporal_attention: bool = True
@@ -132,6 +133,7 @@ class Config:
             (self.num_workers >= 0, "num_workers must be >= 0"),
             (self.pretrain_steps >= 1 and self.pretrain_images >= 10, "pretrain_steps >= 1 and pretrain_images >= 10"),
             (0 <= self.pretrain_pairs <= 1, "pretrain_pairs must be in [0, 1]"),
+            (0.05 <= self.pretrain_min_size <= 0.8, "pretrain_min_size must be in [0.05, 0.8]"),
             (self.lstm_layers >= 1 and self.lstm_hidden >= 1, "lstm_layers and lstm_hidden must be >= 1"),
         ]
         e += [msg for ok, msg in checks if not ok]

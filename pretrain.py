@@ -84,26 +84,12 @@ def _background(rng, s: int) -> Image.Image:
     return im
 
 
-def render(rng: np.random.Generator, number: int, size: int) -> np.ndarray:
+def render(rng: np.random.Generator, number: int, size: int, min_size: float = 0.3) -> np.ndarray:
     """One size x size uint8 RGB image holding `number` (one or two digits) somewhere, degraded like a low-res
-    broadcast crop."""
+    broadcast crop; the number's font size is min_size..0.8 of the image (see _glyph), placed anywhere it fits."""
     s = size * RENDER
     im = _background(rng, s)
-    name, stroke = FONTS[rng.integers(len(FONTS))]
-    font = _font(name, int(s * rng.uniform(0.3, 0.8))) or ImageFont.load_default()
-    glyph = Image.new("L", (s, s))
-    sw = int(stroke * font.size * rng.uniform(0.5, 1.5)) if hasattr(font, "size") else 0
-    ImageDraw.Draw(glyph).text((s // 2, s // 2), str(number), fill=255, font=font, anchor="mm", stroke_width=sw,
-                               stroke_fill=255)
-    # squash/stretch and tilt like a number on a turning, leaning torso, then move it anywhere that fits
-    sx = rng.uniform(0.6, 1.4)
-    glyph = glyph.resize((max(1, int(s * sx)), s)).rotate(rng.uniform(-15, 15), resample=Image.BILINEAR)
-    box = glyph.getbbox()
-    if box:
-        glyph = glyph.crop(box)
-    if max(glyph.size) > s:  # two wide digits: shrink to fit the canvas
-        f = s / max(glyph.size)
-        glyph = glyph.resize((max(1, int(glyph.width * f)), max(1, int(glyph.height * f))))
+    glyph = _glyph(rng, number, s, min_size)
     gw, gh = glyph.size
     x, y = rng.integers(0, max(1, s - gw)), rng.integers(0, max(1, s - gh))
     ink = np.asarray(im.crop((x, y, x + gw, y + gh))).reshape(-1, 3).mean(0)
@@ -118,6 +104,26 @@ def render(rng: np.random.Generator, number: int, size: int) -> np.ndarray:
     return np.clip(a, 0, 255).astype(np.uint8)
 
 
+def _glyph(rng: np.random.Generator, number: int, s: int, min_size: float) -> Image.Image:
+    """The number's ink mask on an s x s canvas, cropped to its ink: font size min_size..0.8 of s, squashed or
+    stretched and tilted like a number on a turning, leaning torso."""
+    name, stroke = FONTS[rng.integers(len(FONTS))]
+    font = _font(name, int(s * rng.uniform(min_size, 0.8))) or ImageFont.load_default()
+    glyph = Image.new("L", (s, s))
+    sw = int(stroke * font.size * rng.uniform(0.5, 1.5)) if hasattr(font, "size") else 0
+    ImageDraw.Draw(glyph).text((s // 2, s // 2), str(number), fill=255, font=font, anchor="mm", stroke_width=sw,
+                               stroke_fill=255)
+    sx = rng.uniform(0.6, 1.4)
+    glyph = glyph.resize((max(1, int(s * sx)), s)).rotate(rng.uniform(-15, 15), resample=Image.BILINEAR)
+    box = glyph.getbbox()
+    if box:
+        glyph = glyph.crop(box)
+    if max(glyph.size) > s:  # two wide digits: shrink to fit the canvas
+        f = s / max(glyph.size)
+        glyph = glyph.resize((max(1, int(glyph.width * f)), max(1, int(glyph.height * f))))
+    return glyph
+
+
 def numbers(n: int, seed: int, pairs: float, exclude=()) -> np.ndarray:
     """n labels: single digits 0-9 in turn, and with probability `pairs` a two-digit number 10-99 instead,
     uniform over those not in `exclude` (the numbers the repo scores as unseen are never rendered)."""
@@ -127,17 +133,17 @@ def numbers(n: int, seed: int, pairs: float, exclude=()) -> np.ndarray:
 
 
 def _render_chunk(args):
-    seed, start, labels, size = args
+    seed, start, labels, size, min_size = args
     rng = np.random.default_rng([seed, start])
-    return np.stack([render(rng, int(k), size) for k in labels])
+    return np.stack([render(rng, int(k), size, min_size) for k in labels])
 
 
 def make_bank(n: int, size: int, seed: int, workers: int = 0, pairs: float = 0.0,
-              exclude=()) -> tuple[torch.Tensor, torch.Tensor]:
+              exclude=(), min_size: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
     """n rendered numbers (uint8 [n, size, size, 3]) and their labels (see `numbers`); the same bytes for any
     worker count."""
     labels = numbers(n, seed, pairs, exclude)
-    chunks = [(seed, i, labels[i:i + 500], size) for i in range(0, n, 500)]
+    chunks = [(seed, i, labels[i:i + 500], size, min_size) for i in range(0, n, 500)]
     workers = workers or min(len(chunks), os.cpu_count() or 1)
     with Pool(workers) if workers > 1 else nullcontext() as pool:
         parts = list(tqdm((pool.imap if pool else map)(_render_chunk, chunks), total=len(chunks),
@@ -154,6 +160,8 @@ def weights_path(cfg) -> str:
     name = f"glyph_{cfg.backbone}_{cfg.img_size}px_{cfg.pretrain_steps}steps_{cfg.pretrain_images}img"
     if cfg.pretrain_pairs > 0:  # which numbers were left out is part of what the trunk is
         name += f"_pairs{cfg.pretrain_pairs:g}_x{zlib.crc32(str(excluded(cfg)).encode()):08x}"
+    if cfg.pretrain_min_size != 0.3:
+        name += f"_min{cfg.pretrain_min_size:g}"
     return os.path.join(cfg.cache_dir, name + ".pth")
 
 
@@ -230,7 +238,7 @@ def _pretrain(cfg, out):
     device = torch.device(cfg.resolved_device())
     dtype = utils.amp_dtype(device, cfg.amp)
     utils.seed_everything(SEED)
-    bank = {"pairs": cfg.pretrain_pairs, "exclude": excluded(cfg)}
+    bank = {"pairs": cfg.pretrain_pairs, "exclude": excluded(cfg), "min_size": cfg.pretrain_min_size}
     frames, labels = make_bank(cfg.pretrain_images, cfg.img_size, SEED, **bank)
     val_frames, val_labels = make_bank(min(1000, cfg.pretrain_images), cfg.img_size, SEED + 1, **bank)
     body = model_lib.trunk(cfg.backbone, pretrained=False)[0]
@@ -241,7 +249,8 @@ def _pretrain(cfg, out):
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # float16 autocast on CUDA
     state = {"net": net, "opt": opt, "sched": sched, "scaler": scaler, "gen": gen}
     partial = out + ".partial"
-    key = [cfg.backbone, cfg.img_size, cfg.pretrain_steps, cfg.pretrain_images, cfg.lr, cfg.pretrain_pairs]
+    key = [cfg.backbone, cfg.img_size, cfg.pretrain_steps, cfg.pretrain_images, cfg.lr, cfg.pretrain_pairs,
+           cfg.pretrain_min_size]
     start, run = _resume(partial, key, state)
     bar = tqdm(_batches(frames, labels, 64, cfg.pretrain_steps - start, gen), initial=start,
                total=cfg.pretrain_steps, desc="glyph pretraining", dynamic_ncols=True)

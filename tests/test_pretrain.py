@@ -23,6 +23,15 @@ def test_render_is_a_deterministic_low_res_digit_image():
     assert np.array_equal(a, b) and a.std() > 5  # not a blank canvas
 
 
+def test_min_size_sets_the_smallest_glyph():
+    """Same random draws, smaller lower bound: never a taller glyph, and at 0.1 some are tracklet-sized."""
+    heights = {m: [pretrain._glyph(np.random.default_rng(i), 7, 192, m).height for i in range(50)] for m in (0.1, 0.3)}
+    assert all(a <= b for a, b in zip(heights[0.1], heights[0.3]))
+    assert min(heights[0.1]) < 0.2 * 192 < min(heights[0.3])
+    with pytest.raises(SystemExit, match="pretrain_min_size"):
+        config.load(["--pretrain_min_size=0.9"])
+
+
 def test_bank_labels_and_bytes_do_not_depend_on_workers():
     f1, y1 = pretrain.make_bank(30, 24, seed=1, workers=1)
     f2, y2 = pretrain.make_bank(30, 24, seed=1, workers=2)
@@ -125,5 +134,6 @@ def test_pair_renders_never_hold_a_number_scored_as_unseen(tmp_path):
     ck = torch.load(pretrain.pretrain(cfg, str(tmp_path / "p.pth")), weights_only=True)
     assert ck["pairs"] == 0.5 and {57, 48, 64, 88, 13, 92} <= set(ck["exclude"])
     # the cached trunk is keyed by what it was pretrained on
-    paths = {pretrain.weights_path(c) for c in (cfg, tiny_cfg(tmp_path, pretrain_pairs=0.5), tiny_cfg(tmp_path))}
-    assert len(paths) == 3
+    paths = {pretrain.weights_path(c) for c in (cfg, tiny_cfg(tmp_path, pretrain_pairs=0.5), tiny_cfg(tmp_path),
+                                                tiny_cfg(tmp_path, pretrain_min_size=0.1))}
+    assert len(paths) == 4
