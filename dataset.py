@@ -264,7 +264,7 @@ class FrameStore:
             self.frames, self.ok = _decode_all(paths, size, sharpen, workers)
             if cache:
                 os.makedirs(cache_dir, exist_ok=True)
-                tmp = cache + ".tmp.npz"
+                tmp = f"{cache}.tmp{os.getpid()}.npz"  # per process: parallel runs may build the same cache
                 np.savez(tmp, frames=self.frames, ok=self.ok)
                 os.replace(tmp, cache)
         self.bad = {p for p, i in self.index.items() if not self.ok[i]}

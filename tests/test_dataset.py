@@ -77,6 +77,27 @@ def test_frame_store_decodes_once_and_skips_unreadable(tiny_root, tmp_path):
     assert np.array_equal(again.frames, store.frames)
 
 
+def test_two_processes_building_the_same_frame_cache_both_finish(tiny_root, tmp_path, monkeypatch):
+    """ablate --jobs=2 starts runs on the same data at once: a second process writes and renames its cache
+    file while the first is between writing and renaming its own (this crashed when both used one temp name)."""
+    samples, _ = dataset.crawl(str(tiny_root))
+    cache, pid, save = str(tmp_path / "cache"), os.getpid(), np.savez
+    other = []
+
+    def savez_then_other_process(path, **arrays):
+        save(path, **arrays)
+        if not other:
+            other.append(None)
+            monkeypatch.setattr(dataset.os, "getpid", lambda: pid + 1)
+            other[0] = dataset.FrameStore(samples, 32, 2.0, cache)
+            monkeypatch.setattr(dataset.os, "getpid", lambda: pid)
+    monkeypatch.setattr(dataset.np, "savez", savez_then_other_process)
+    store = dataset.FrameStore(samples, 32, 2.0, cache)
+    assert np.array_equal(store.frames, other[0].frames)
+    left = [p.name for p in (tmp_path / "cache").iterdir()]
+    assert len(left) == 1 and left[0].startswith("frames_") and ".tmp" not in left[0]  # no temp file left
+
+
 def test_dataset_items_and_collate(tiny_root, tmp_path):
     samples, _ = dataset.crawl(str(tiny_root))
     store = dataset.FrameStore(samples, 32, 2.0)
