@@ -65,6 +65,10 @@ def test_method_preset_respects_explicit_fields():
     assert cfg.empty_suppression == 0.001
     cfg, _ = config.load(["--method=suppress", "--empty_suppression=0.1"], env_file="/nonexistent")
     assert cfg.empty_suppression == 0.1
+    cfg, _ = config.load(["--method=ctc"], env_file="/nonexistent")
+    assert cfg.head == "ctc" and cfg.mixup_prob == 0.0
+    cfg, _ = config.load(["--method=ctc", "--mixup_prob=0.5"], env_file="/nonexistent")
+    assert cfg.mixup_prob == 0.5
 
 
 def test_roundtrip_dict():
