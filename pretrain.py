@@ -160,7 +160,7 @@ def weights_path(cfg) -> str:
     name = f"glyph_{cfg.backbone}_{cfg.img_size}px_{cfg.pretrain_steps}steps_{cfg.pretrain_images}img"
     if cfg.pretrain_pairs > 0:  # which numbers were left out is part of what the trunk is
         name += f"_pairs{cfg.pretrain_pairs:g}_x{zlib.crc32(str(excluded(cfg)).encode()):08x}"
-    if cfg.pretrain_min_size != 0.3:
+    if cfg.pretrain_min_size != config.Config.pretrain_min_size:  # the default keeps the older caches' names
         name += f"_min{cfg.pretrain_min_size:g}"
     return os.path.join(cfg.cache_dir, name + ".pth")
 
