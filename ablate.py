@@ -184,10 +184,11 @@ def backfill(rows, out_dir):
     """Figures an older ablate.py did not record, from the run's own val.json and heldout.json."""
     for r in rows:
         run = os.path.join(out_dir, r["split"], f"{r['method']}_s{r['seed']}")
-        if "val_two_digit" not in r and os.path.isfile(os.path.join(run, "val.json")):
-            r["val_two_digit"] = two_digit(json.load(open(os.path.join(run, "val.json")))["per_number"])
-        if "heldout_one_digit" not in r and os.path.isfile(os.path.join(run, "heldout.json")):
-            r["heldout_one_digit"] = one_digit_share(json.load(open(os.path.join(run, "heldout.json")))["predictions"])
+        for key, name, field, fn in (("val_two_digit", "val.json", "per_number", two_digit),
+                                     ("heldout_one_digit", "heldout.json", "predictions", one_digit_share)):
+            path = os.path.join(run, name)
+            if key not in r and os.path.isfile(path):
+                r[key] = fn(json.load(open(path))[field])
     return rows
 
 

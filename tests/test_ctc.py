@@ -1,10 +1,16 @@
 """The CTC reader (head=ctc), eval-time frame de-duplication and conv+BN folding."""
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+import analyze_weights
 import config
+import evaluate
 import model as model_lib
+import predict
+import synth
 import train
 from model import JerseyTemporalNet
 
@@ -93,11 +99,6 @@ def test_fused_for_inference_gives_the_same_outputs():
 
 
 def test_ctc_end_to_end_train_evaluate_analyze(tmp_path):
-    import json
-
-    import analyze_weights
-    import evaluate
-    import synth
     root = synth.generate(tmp_path / "data", counts={4: 4, 6: 4, 49: 4, 48: 2}, seed=0, workers=1, progress=False)
     common = [f"--data_root={root}", f"--checkpoint_dir={tmp_path / 'ck'}", f"--results_dir={tmp_path / 'res'}",
               f"--log_dir={tmp_path / 'logs'}", f"--cache_dir={tmp_path / 'cache'}", "--img_size=32", "--batch_size=4",
@@ -111,7 +112,5 @@ def test_ctc_end_to_end_train_evaluate_analyze(tmp_path):
     assert all(0 <= p["pred"] <= 99 for p in json.loads((tmp_path / "eval.json").read_text())["predictions"])
     s = analyze_weights.main([ckpt, f"--results_dir={tmp_path / 'res'}"])
     assert "columns" in s["components"] and s["heads"]["columns"]["weight"]["shape"] == [11, 16, 1]
-    import predict
     info = predict.main([ckpt, "--export_onnx", str(tmp_path / "ctc.onnx")])  # the CTC forward exports too
     assert info["max_abs_diff_vs_pytorch"] < 1e-4
-
