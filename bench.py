@@ -13,6 +13,7 @@ Measured (sequences per second unless noted):
   infer_end_to_end       from image files, as predict.py does: decode only the frames read, in parallel,
                          + batched inference at batch 64
   infer_reference        from image files, PIL per frame, float32, batch 64
+  infer_decode           decoding alone, as predict.py does it (the part of infer_end_to_end that is not the model)
   latency_ms_batch1      one tracklet, model only
 Every rate is the best of 3 timed blocks after a warm-up, ours and the reference alike.
 """
@@ -201,6 +202,12 @@ def end_to_end_infer(cfg, samples, device, dtype, reference: bool):
     return best_rate(run_reference if reference else run_ours)
 
 
+def decode_rate(cfg, samples):
+    """Tracklets per second through predict.py's decoding alone: with infer_model_bound it bounds
+    infer_end_to_end, as the two run one after the other on the same cores."""
+    return best_rate(lambda: len(predict.decode_picked(samples, cfg, Counter())[0]))
+
+
 def main(argv=None):
     cfg, extra = config.load(argv, extras={"bench_steps": 12, "bench_scale": 0.03, "out": ""})
     utils.setup_logging()
@@ -222,11 +229,16 @@ def main(argv=None):
     r["train_reference_seq_per_s"] = end_to_end_train(cfg, samples, store, device, None, steps, True)
     r["infer_end_to_end_seq_per_s"] = end_to_end_infer(cfg, samples, device, dtype, False)
     r["infer_reference_seq_per_s"] = end_to_end_infer(cfg, samples, device, None, True)
+    r["infer_decode_seq_per_s"] = decode_rate(cfg, samples)
     r["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     r["ratios"] = {
         "train_end_to_end_vs_reference": r["train_end_to_end_seq_per_s"] / r["train_reference_seq_per_s"],
         "train_end_to_end_vs_model_bound": r["train_end_to_end_seq_per_s"] / r["train_model_bound_seq_per_s"],
         "infer_end_to_end_vs_reference": r["infer_end_to_end_seq_per_s"] / r["infer_reference_seq_per_s"],
+        "infer_end_to_end_vs_model_bound": r["infer_end_to_end_seq_per_s"] / r["infer_model_bound_seq_per_s"],
+        # decode then model, in series as predict.py runs them: where infer_end_to_end lands without overlap
+        "infer_serial_bound_vs_reference": 1 / (1 / r["infer_model_bound_seq_per_s"] + 1 / r["infer_decode_seq_per_s"])
+        / r["infer_reference_seq_per_s"],
         "pipeline_vs_naive": r["pipeline_seq_per_s"] / r["pipeline_naive_seq_per_s"],
     }
     out = extra["out"] or os.path.join(cfg.results_dir, "bench.json")
