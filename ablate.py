@@ -44,9 +44,11 @@ METHODS = {
 HARD_TRAIN, HARD_TEST = synth.HARD_TRAIN, synth.HARD_TEST  # the harder split, defined in synth.py
 
 
-def split_settings(split: str, scale: float, seed: int):
-    """(data root, train numbers, test numbers, extra unseen numbers) of a split."""
-    if split == "original":
+def split_settings(split: str, scale: float, seed: int, passthrough=()):
+    """(data root, train numbers, test numbers, extra unseen numbers) of a split. Any data to generate is
+    generated here, in the parent: parallel runs would otherwise each start writing the same folder."""
+    if split == "original":  # "": each run resolves the embedded data itself, as train.py does
+        utils.data_root(config.load(list(passthrough) + [f"--synth_scale={scale}"])[0])
         return "", synth.TRAIN_COUNTS, sorted(synth.HELDOUT_COUNTS), EXTRA_UNSEEN
     counts = {n: 200 if n < 10 else 60 for n in HARD_TRAIN} | {n: 60 for n in HARD_TEST}
     root = synth.ensure_dataset(os.path.join("data", "synthetic_hard", f"scale{scale:g}_seed{seed}"),
@@ -147,11 +149,14 @@ def main(argv=None):
         raise config.ConfigError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
     seeds = [int(s) for s in args["seeds"].split(",")]
     utils.setup_logging()
-    rows = json.load(open(args["results"]))["runs"] if os.path.isfile(args["results"]) else []
+    rows = []
+    if os.path.isfile(args["results"]):
+        with open(args["results"]) as f:
+            rows = json.load(f)["runs"]
     done = {(r["split"], r["method"], r["seed"]) for r in rows}  # from an earlier (interrupted) invocation
     todo = []
     for split in args["split"].split(","):
-        settings = split_settings(split, args["synth_scale"], 0)  # made here, once, not by parallel runs
+        settings = split_settings(split, args["synth_scale"], 0, args["passthrough"])
         todo += [(split, m, s, args, *settings) for m in methods for s in seeds if (split, m, s) not in done]
     for row in _run_all(todo, args["jobs"]):
         rows.append(row)

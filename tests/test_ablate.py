@@ -46,3 +46,11 @@ def test_parallel_grid_runs_every_job_once(tmp_path):
     assert sorted((r["method"], r["seed"]) for r in rows) == [("ctc", 3), ("ctc_paste", 3)]
     assert all("heldout" in r and "extra_unseen" in r for r in rows)
     assert "| ctc_paste |" in (tmp_path / "ablation.md").read_text()
+
+
+def test_original_split_data_is_made_by_the_parent_before_parallel_runs(tmp_path):
+    synth_root = tmp_path / "synth"
+    root, train, test, extra = ablate.split_settings("original", 0.01, 0, [f"--synth_root={synth_root}",
+                                                                           f"--results_dir={tmp_path}"])
+    assert root == "" and sorted(test) == [48, 64, 88] and 49 in train and 44 in extra
+    assert (synth_root / "scale0.01_seed0" / ".complete").is_file()  # the runs find it made, not half-written
