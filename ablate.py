@@ -127,7 +127,8 @@ def markdown(summary, args) -> str:
     head = "| split | method | seeds | " + " | ".join(c for c, _ in cols) + " |\n|" + "---|" * (3 + len(cols)) + "\n"
     lines = [f"| {e['split']} | {e['method']} | {len(e['seeds'])} | " + " | ".join(fmt(e, k) for _, k in cols) + " |"
              for e in summary]
-    budget = (f"Budget: {args['epochs']} epochs, synth_scale {args['synth_scale']}, seeds {args['seeds']}, "
+    seeds = ",".join(map(str, sorted({s for e in summary for s in e["seeds"]})))  # a resumed file: all of them
+    budget = (f"Budget: {args['epochs']} epochs, synth_scale {args['synth_scale']}, seeds {seeds}, "
               f"extra flags {' '.join(args['passthrough']) or 'none'}. Accuracy in %, mean ± std over seeds; "
               "argmax unless a rule is named; seen two-digit = the training split's two-digit numbers in validation.\n\n")
     return budget + head + "\n".join(lines) + "\n"

@@ -54,3 +54,10 @@ def test_original_split_data_is_made_by_the_parent_before_parallel_runs(tmp_path
                                                                            f"--results_dir={tmp_path}"])
     assert root == "" and sorted(test) == [48, 64, 88] and 49 in train and 44 in extra
     assert (synth_root / "scale0.01_seed0" / ".complete").is_file()  # the runs find it made, not half-written
+
+
+def test_table_budget_names_every_seed_in_the_file_not_only_the_last_invocations():
+    rows = [{"split": "original", "method": "original", "seed": s,
+             "val": {"argmax": 50.0 + s, "anti_empty": 0.0, "logit_adjusted": 0.0}} for s in (1, 2)]
+    table = ablate.markdown(ablate.summarize(rows), {"epochs": 3, "synth_scale": 0.1, "seeds": "2", "passthrough": []})
+    assert "seeds 1,2," in table and "| original | original | 2 | 51.5 ± 0.7 |" in table
