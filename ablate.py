@@ -150,10 +150,7 @@ def main(argv=None):
         raise config.ConfigError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
     seeds = [int(s) for s in args["seeds"].split(",")]
     utils.setup_logging()
-    rows = []
-    if os.path.isfile(args["results"]):
-        with open(args["results"]) as f:
-            rows = json.load(f)["runs"]
+    rows = read_json(args["results"])["runs"] if os.path.isfile(args["results"]) else []
     done = {(r["split"], r["method"], r["seed"]) for r in rows}  # from an earlier (interrupted) invocation
     todo = []
     for split in args["split"].split(","):
@@ -186,6 +183,11 @@ def save(rows, args):
         f.write(markdown(summary, args))
 
 
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
 def backfill(rows, out_dir):
     """Figures an older ablate.py did not record, from the run's own val.json and heldout.json."""
     for r in rows:
@@ -194,7 +196,7 @@ def backfill(rows, out_dir):
                                      ("heldout_one_digit", "heldout.json", "predictions", one_digit_share)):
             path = os.path.join(run, name)
             if key not in r and os.path.isfile(path):
-                r[key] = fn(json.load(open(path))[field])
+                r[key] = fn(read_json(path)[field])
     return rows
 
 
