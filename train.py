@@ -122,15 +122,22 @@ def set_epoch(loader, seed: int, epoch: int) -> None:
         loader.generator.manual_seed(seed + epoch)
 
 
+def compose_exclusions(cfg) -> list[int]:
+    """Numbers composition never synthesises, so that it may only teach digits and positions: the test numbers,
+    --compose_exclude and, on the embedded data, every number the repo scores as unseen (44, 46, ... would
+    otherwise be trained on by a plain train.py run and then scored as 'other unseen' by evaluate.py)."""
+    scored = pretrain.excluded(cfg) if not cfg.data_root else cfg.test_classes
+    return sorted(set(cfg.compose_exclude) | set(scored))
+
+
 def prepare_batch(batch, cfg, device, train: bool):
     """uint8 frames -> normalised float input (+ composition and augmentation in training)."""
     x = dataset.to_input(batch["frames"], device)
     tens, units, number = (batch[k].to(device) for k in ("tens", "units", "number"))
     if train:
         if cfg.compose_prob > 0:
-            # a held-out number is never synthesised: composition may only teach digits and positions
-            exclude = sorted(set(cfg.compose_exclude) | set(cfg.test_classes))
-            x, tens, units, number = dataset.compose_batch(x, tens, units, number, cfg.compose_prob, exclude,
+            x, tens, units, number = dataset.compose_batch(x, tens, units, number, cfg.compose_prob,
+                                                           compose_exclusions(cfg),
                                                            **COMPOSE_MODES[cfg.compose_mode])
         x = dataset.augment(x)
     return dataset.normalize(x), batch["mask"].to(device), tens, units, number

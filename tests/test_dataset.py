@@ -6,6 +6,7 @@ import torch
 
 import config
 import dataset
+import synth
 import train
 from dataset import EMPTY, decompose, reconstruct, select_frames
 
@@ -200,17 +201,29 @@ def test_keep_frames_decodes_only_what_is_read_and_reads_the_same_frames(tiny_ro
         assert [t.frames[j] for j in again.frame_indices(k)] == [s.frames[j] for j in picks[k]]
 
 
-def test_composition_never_makes_a_test_number():
+def _composed_numbers(cfg, rounds=5) -> set:
+    """Every number train.prepare_batch composes from a batch of single-digit tracklets 4, 6, 8, 9."""
     torch.manual_seed(0)
-    cfg = config.Config(compose_prob=1.0, test_classes=[44, 46, 48, 49, 64, 66, 68, 69],
-                        compose_exclude=[84, 86, 88, 89])
     number = torch.tensor([4, 6, 8, 9] * 8)
     tens, units = zip(*map(decompose, number.tolist()))
     frames = torch.randint(0, 255, (32, 2, 16, 16, 3), dtype=torch.uint8)
     batch = {"frames": frames, "mask": torch.ones(32, 2, dtype=torch.bool),
              "tens": torch.tensor(tens), "units": torch.tensor(units), "number": number}
-    made = set()
-    for _ in range(5):
-        made |= set(train.prepare_batch(batch, cfg, torch.device("cpu"), train=True)[4].tolist())
+    return set().union(*(train.prepare_batch(batch, cfg, torch.device("cpu"), train=True)[4].tolist()
+                         for _ in range(rounds)))
+
+
+def test_composition_never_makes_a_test_number():
+    cfg = config.Config(compose_prob=1.0, test_classes=[44, 46, 48, 49, 64, 66, 68, 69],
+                        compose_exclude=[84, 86, 88, 89])
+    made = _composed_numbers(cfg)
     excluded = set(cfg.test_classes) | set(cfg.compose_exclude)
     assert not made & excluded and made - {4, 6, 8, 9}  # composites were made (94, 96, ...), none excluded
+
+
+def test_composition_on_the_embedded_data_never_makes_a_scored_unseen_number(tmp_path):
+    # a plain train.py run: only the held-out 48/64/88 are test classes, yet 44..86 are scored by evaluate.py
+    made = _composed_numbers(config.Config(compose_prob=1.0))
+    assert made - {4, 6, 8, 9} and not made & set(synth.EVALUATED_UNSEEN)
+    own = _composed_numbers(config.Config(compose_prob=1.0, data_root=str(tmp_path)))  # a user's data: only
+    assert 44 in own and not own & {48, 64, 88}                                         # the test numbers
