@@ -39,6 +39,7 @@ METHODS = {
                                     "--head=compositional", "--loss=balanced_softmax", "--class_weight=none"],
     "ctc": ["--head=ctc"],
     "ctc_nomix": ["--head=ctc", "--mixup_prob=0"],  # MixUp overlays two players' prints: two strings at once
+    "ctc16_nomix": ["--head=ctc", "--mixup_prob=0", "--ctc_columns=16"],  # two cells hold 8, blank, 8
     "ctc_paste": ["--head=ctc", "--compose_prob=0.5", "--compose_mode=paste"],
 }
 HARD_TRAIN, HARD_TEST = synth.HARD_TRAIN, synth.HARD_TEST  # the harder split, defined in synth.py

@@ -55,6 +55,7 @@ class Config:
     reader: str = "pooled"               # pooled (SPEC) | positional (left/right halves pooled apart)
     head: str = "digits"                 # digits (tens incl. empty + units) | compositional (one softmax over 0..99)
                                          # | ctc (one digit classifier along the width, CTC-scored numbers)
+    ctc_columns: int = 8                 # ctc head: feature maps narrower than this are stretched to this many columns
     # training
     method: str = "original"             # preset, see METHODS / apply_method
     batch_size: int = 16
@@ -135,6 +136,7 @@ class Config:
             (0 <= self.pretrain_pairs <= 1, "pretrain_pairs must be in [0, 1]"),
             (0.05 <= self.pretrain_min_size <= 0.8, "pretrain_min_size must be in [0.05, 0.8]"),
             (self.lstm_layers >= 1 and self.lstm_hidden >= 1, "lstm_layers and lstm_hidden must be >= 1"),
+            (self.ctc_columns >= 3, "ctc_columns must be >= 3 (88 is read as 8, blank, 8)"),
         ]
         e += [msg for ok, msg in checks if not ok]
         choices = {

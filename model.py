@@ -111,7 +111,8 @@ class ColumnReader(nn.Module):
     One classifier slides along the width, so a digit is read the same wherever it sits: the left digit
     of a two-digit print uses the weights that read single digits in the middle. Each column pools its
     own rows with a learned softmax (the number sits on a few rows of the back). Maps narrower than
-    `min_cols` (ResNet at 64 px: 2) are stretched so that '88' (8, blank, 8) still fits."""
+    `min_cols` (ResNet at 64 px: 2) are stretched so that '88' (8, blank, 8) still fits; a print two
+    columns wide needs that too (--ctc_columns=16 on the cnn trunk's 8 columns)."""
 
     def __init__(self, c: int, hidden: int, dropout: float, min_cols: int = 8):
         super().__init__()
@@ -174,7 +175,7 @@ class DigitHead(nn.Module):
 class JerseyTemporalNet(nn.Module):
     def __init__(self, backbone="resnet18", pretrained=True, freeze_fraction=0.6, spatial_attention=True,
                  temporal_attention=True, lstm_hidden=256, lstm_layers=2, dropout=0.3, head_hidden=256,
-                 head="digits", channels_last=False, reader="pooled", init_path=""):
+                 head="digits", channels_last=False, reader="pooled", init_path="", ctc_columns=8):
         super().__init__()
         self.backbone, self.pretrained_loaded = trunk(backbone, pretrained)
         if init_path and not self.pretrained_loaded:
@@ -200,7 +201,7 @@ class JerseyTemporalNet(nn.Module):
             self.units = DigitHead(d, head_hidden, 10, dropout)
             self.single = DigitHead(d, head_hidden, 10, dropout)
         elif head == "ctc":
-            self.columns = ColumnReader(c, head_hidden, dropout)
+            self.columns = ColumnReader(c, head_hidden, dropout, ctc_columns)
         else:
             raise ValueError(f"head must be 'digits', 'compositional' or 'ctc', got {head!r}")
         self.channels_last = channels_last
@@ -328,7 +329,7 @@ def build(cfg, pretrained: bool | None = None, init_path: str = "") -> JerseyTem
                              temporal_attention=cfg.temporal_attention, lstm_hidden=cfg.lstm_hidden,
                              lstm_layers=cfg.lstm_layers, dropout=cfg.dropout, head_hidden=cfg.head_hidden,
                              head=cfg.head, channels_last=cfg.channels_last, reader=cfg.reader,
-                             init_path=init_path)
+                             init_path=init_path, ctc_columns=cfg.ctc_columns)
 
 
 def fused_for_inference(net: JerseyTemporalNet) -> JerseyTemporalNet:

@@ -66,6 +66,19 @@ def test_ctc_model_shapes_and_finite_gradients(backbone):
     assert torch.allclose(p_num.sum(1), torch.ones(3), atol=1e-5) and p_tens.shape == (3, 11)
 
 
+def test_ctc_columns_stretch_the_map_and_survive_the_checkpoint_config():
+    """--ctc_columns=16 reads the cnn trunk's 8 columns as 16 (room for 8, blank, 8 within two cells)."""
+    torch.manual_seed(0)
+    cfg = config.Config(backbone="cnn", head="ctc", ctc_columns=16, pretrained=False, lstm_hidden=16, head_hidden=16)
+    net = model_lib.build(cfg, pretrained=False).eval()
+    _, _, cols = net.encode(torch.randn(2, 3, 3, 64, 64))
+    assert cols.shape == (2, 3, 16, 11) and torch.allclose(cols.exp().sum(-1), torch.ones(2, 3, 16), atol=1e-4)
+    rebuilt = config.from_dict(config.Config(head="ctc", ctc_columns=16).__dict__)
+    assert rebuilt.ctc_columns == 16 and config.from_dict({"head": "ctc"}).ctc_columns == 8  # old checkpoints
+    with pytest.raises(config.ConfigError, match="ctc_columns"):
+        config.load(["--ctc_columns=2"], env_file="")
+
+
 @pytest.mark.parametrize("head", ["digits", "ctc"])
 def test_repeated_frames_are_computed_once_with_the_same_answer(head, monkeypatch):
     torch.manual_seed(0)
