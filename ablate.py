@@ -81,6 +81,7 @@ def run_one(split, method, seed, args, data_root, train_nums, test_nums, extra):
                                 + (["--stability"] if name == "heldout" else []))
             row[name] = {r: m["accuracy"] for r, m in res["rules"].items()}
             row[f"{name}_one_digit"] = one_digit_share(res["predictions"])
+            row[f"{name}_seen_number"] = seen_number_share(res)
             row[f"{name}_per_number"] = {n: v["accuracy"] for n, v in res["per_number"].items()}
             if "stability" in res:
                 row["stability"] = res["stability"]
@@ -99,6 +100,13 @@ def one_digit_share(predictions) -> float:
     return 100.0 * sum(p["pred"] < 10 for p in predictions) / max(len(predictions), 1)
 
 
+def seen_number_share(res) -> float:
+    """% of (unseen) tracklets answered with a two-digit training number (48 -> 49): the model recalls a
+    whole number it was trained on instead of putting two digits together."""
+    seen = {n for n in res["config"]["train_classes"] if n >= 10}
+    return 100.0 * sum(p["pred"] in seen for p in res["predictions"]) / max(len(res["predictions"]), 1)
+
+
 def summarize(rows) -> list[dict]:
     """mean and std per (split, method) of seen validation and unseen accuracy, argmax and tuned logit adjustment."""
     out = []
@@ -108,7 +116,7 @@ def summarize(rows) -> list[dict]:
         for key in ("val", "heldout", "extra_unseen"):
             for rule in ("argmax", "anti_empty", "logit_adjusted"):
                 _mean_std(entry, f"{key}_{rule}", [r[key][rule] for r in runs if key in r])
-        for key in ("val_two_digit", "heldout_one_digit"):
+        for key in ("val_two_digit", "heldout_one_digit", "heldout_seen_number"):
             _mean_std(entry, key, [r[key] for r in runs if r.get(key) is not None])
         out.append(entry)
     return out
@@ -123,6 +131,7 @@ def markdown(summary, args) -> str:
     cols = [("seen val", "val_argmax"), ("seen two-digit", "val_two_digit"), ("held-out", "heldout_argmax"),
             ("held-out anti_empty", "heldout_anti_empty"), ("held-out logit adj. (tau on val)", "heldout_logit_adjusted"),
             ("held-out answered with one digit", "heldout_one_digit"),
+            ("held-out answered with a seen two-digit number", "heldout_seen_number"),
             ("other unseen", "extra_unseen_argmax"), ("other unseen anti_empty", "extra_unseen_anti_empty")]
     fmt = lambda e, k: f"{e[k][0]:.1f} ± {e[k][1]:.1f}" if k in e else "–"  # noqa: E731
     head = "| split | method | seeds | " + " | ".join(c for c, _ in cols) + " |\n|" + "---|" * (3 + len(cols)) + "\n"
@@ -193,11 +202,12 @@ def backfill(rows, out_dir):
     """Figures an older ablate.py did not record, from the run's own val.json and heldout.json."""
     for r in rows:
         run = os.path.join(out_dir, r["split"], f"{r['method']}_s{r['seed']}")
-        for key, name, field, fn in (("val_two_digit", "val.json", "per_number", two_digit),
-                                     ("heldout_one_digit", "heldout.json", "predictions", one_digit_share)):
+        for key, name, fn in (("val_two_digit", "val.json", lambda res: two_digit(res["per_number"])),
+                              ("heldout_one_digit", "heldout.json", lambda res: one_digit_share(res["predictions"])),
+                              ("heldout_seen_number", "heldout.json", seen_number_share)):
             path = os.path.join(run, name)
             if key not in r and os.path.isfile(path):
-                r[key] = fn(read_json(path)[field])
+                r[key] = fn(read_json(path))
     return rows
 
 

@@ -20,18 +20,25 @@ def test_grid_writes_every_run_and_a_table_and_resumes(tmp_path):
     assert "seen two-digit" in table and "held-out anti_empty" in table
     # a results file from an older ablate.py (no two-digit figure) is completed from each run's val.json
     old = json.loads(res.read_text())
-    expected = [(r.pop("val_two_digit"), r.pop("heldout_one_digit")) for r in old["runs"]]
-    assert all(0 <= one <= 100 for _, one in expected)
+    keys = ("val_two_digit", "heldout_one_digit", "heldout_seen_number")
+    expected = [tuple(r.pop(k) for k in keys) for r in old["runs"]]
+    assert all(0 <= one <= 100 and 0 <= seen <= 100 - one for _, one, seen in expected)
     res.write_text(json.dumps(old))
     ablate.main(argv)  # everything done: nothing is run again
     rows = json.loads(res.read_text())["runs"]
-    assert len(rows) == 2 and [(r["val_two_digit"], r["heldout_one_digit"]) for r in rows] == expected
-    assert "held-out answered with one digit" in (tmp_path / "ablation.md").read_text()
+    assert len(rows) == 2 and [tuple(r[k] for k in keys) for r in rows] == expected
+    assert "held-out answered with a seen two-digit number" in (tmp_path / "ablation.md").read_text()
 
 
 def test_two_digit_accuracy_counts_only_numbers_from_10():
     per = {"4": {"correct": 9, "total": 10}, "49": {"correct": 1, "total": 4}, "89": {"correct": 2, "total": 4}}
     assert ablate.two_digit(per) == 37.5
+
+
+def test_seen_number_share_counts_answers_that_are_two_digit_training_numbers():
+    res = {"config": {"train_classes": [4, 6, 8, 9, 49, 66, 89]},
+           "predictions": [{"pred": p} for p in (49, 8, 48, 66, 89, 9, 49, 64)]}
+    assert ablate.seen_number_share(res) == 50.0  # 49, 66, 89, 49; not 8 or 9 (one digit), not 48 or 64
 
 
 def test_parallel_grid_runs_every_job_once(tmp_path):
