@@ -37,6 +37,7 @@ METHODS = {
     "compose_paste": ["--compose_prob=0.5", "--compose_mode=paste", "--reader=positional", "--empty_suppression=1"],
     "compose_paste_compositional": ["--compose_prob=0.5", "--compose_mode=paste", "--reader=positional",
                                     "--head=compositional", "--loss=balanced_softmax", "--class_weight=none"],
+    "glyph_mix": ["--glyph_mix=0.25"],  # renders pair each digit with many partners (train.glyph_bank)
     "ctc": ["--head=ctc"],
     "ctc_nomix": ["--head=ctc", "--mixup_prob=0"],  # MixUp overlays two players' prints: two strings at once
     "ctc16_nomix": ["--head=ctc", "--mixup_prob=0", "--ctc_columns=16"],  # two cells hold 8, blank, 8

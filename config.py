@@ -76,6 +76,9 @@ class Config:
     compose_prob: float = 0.0            # fraction of each batch replaced by two-digit composites of single digits
     compose_mode: str = "splice"         # splice: two crops squeezed side by side | paste: two digit bands, one shirt
     compose_exclude: list[int] = field(default_factory=list)  # numbers never produced by composition
+    glyph_mix: float = 0.0               # share of each training batch replaced by rendered numbers (pretrain.py's
+                                         # renderer, never a scored unseen number): each digit next to many others
+    glyph_images: int = 5000             # renders in that bank (made once per run)
     patience: int = 10
     min_delta: float = 0.001
     amp: bool = True                     # float16 + GradScaler on CUDA, bfloat16 autocast on CPUs that support it
@@ -129,6 +132,9 @@ class Config:
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (0 <= self.mixup_prob <= 1, "mixup_prob must be in [0, 1]"),
             (0 <= self.compose_prob <= 1, "compose_prob must be in [0, 1]"),
+            (0 <= self.glyph_mix <= 1 and self.glyph_images >= 10, "glyph_mix must be in [0, 1], glyph_images >= 10"),
+            # the ctc and compositional losses weigh whole numbers, and a rendered 41 is no training number
+            (self.glyph_mix == 0 or self.head == "digits", "glyph_mix needs head=digits"),
             (0 < self.beta < 1, "beta must be in (0, 1)"),
             (self.empty_suppression > 0, "empty_suppression must be > 0"),
             (self.num_workers >= 0, "num_workers must be >= 0"),

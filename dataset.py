@@ -440,6 +440,24 @@ def report_skips(skipped: Counter) -> None:
         log.warning("skipped %d x %s", count, reason)
 
 
+def mix_renders(x, mask, number, renders, labels, share: float):
+    """Replace a random `share` of the batch by rendered numbers (uint8 [n, H, W, 3] and their labels), each
+    shown in every frame of its tracklet (augmentation then moves each frame differently). The renders pair
+    every digit with many partners, which the training numbers do not: in 4, 6, 8, 9, 49, 66, 89 a tens 4
+    always stands next to a 9. x: float [B, T, 3, H, W] in 0..1. Returns x, mask, tens, units, number."""
+    B, T = x.shape[:2]
+    k = int(round(share * B))
+    x, mask, number = x.clone(), mask.clone(), number.clone()
+    if k:
+        slots = torch.randperm(B, device=x.device)[:k]
+        pick = torch.randint(len(renders), (k,))
+        x[slots] = to_input(renders[pick].unsqueeze(1), x.device).expand(-1, T, -1, -1, -1)
+        mask[slots] = True
+        number[slots] = labels[pick].to(number.device)
+    tens = torch.where(number < 10, torch.full_like(number, EMPTY), number // 10)
+    return x, mask, tens, number % 10, number
+
+
 def compose_batch(x, tens, units, number, prob: float, exclude=(), width=(0.35, 0.6), mode: str = "splice"):
     """Synthetic two-digit tracklets from single-digit ones, on any data (no digit boxes needed).
 

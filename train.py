@@ -122,28 +122,44 @@ def set_epoch(loader, seed: int, epoch: int) -> None:
         loader.generator.manual_seed(seed + epoch)
 
 
-def compose_exclusions(cfg) -> list[int]:
-    """Numbers composition never synthesises, so that it may only teach digits and positions: the test numbers,
-    --compose_exclude and, on the embedded data, every number the repo scores as unseen (44, 46, ... would
-    otherwise be trained on by a plain train.py run and then scored as 'other unseen' by evaluate.py)."""
+def never_synthesised(cfg) -> list[int]:
+    """Numbers composition and rendering never make, so that they may only teach digits and positions: the test
+    numbers, --compose_exclude and, on the embedded data, every number the repo scores as unseen (44, 46, ...
+    would otherwise be trained on by a plain train.py run and then scored as 'other unseen' by evaluate.py)."""
     scored = pretrain.excluded(cfg) if not cfg.data_root else cfg.test_classes
     return sorted(set(cfg.compose_exclude) | set(scored))
 
 
-def prepare_batch(batch, cfg, device, train: bool):
-    """uint8 frames -> normalised float input (+ composition and augmentation in training)."""
+GLYPH_PAIRS, GLYPH_MIN_SIZE = 0.8, 0.15  # mostly two-digit renders; numbers 15-80% of the image height
+
+
+def glyph_bank(cfg):
+    """The renders --glyph_mix draws from (uint8 frames, labels), or None. Seeded by the run's seed."""
+    if cfg.glyph_mix == 0:
+        return None
+    log.info("rendering %d numbers for --glyph_mix=%g", cfg.glyph_images, cfg.glyph_mix)
+    with pretrain.isolated_rng():  # rendering must not shift training's random streams
+        return pretrain.make_bank(cfg.glyph_images, cfg.img_size, cfg.seed, pairs=GLYPH_PAIRS,
+                                  exclude=never_synthesised(cfg), min_size=GLYPH_MIN_SIZE)
+
+
+def prepare_batch(batch, cfg, device, train: bool, glyphs=None):
+    """uint8 frames -> normalised float input (+ composition, rendered numbers and augmentation in training)."""
     x = dataset.to_input(batch["frames"], device)
+    mask = batch["mask"].to(device)
     tens, units, number = (batch[k].to(device) for k in ("tens", "units", "number"))
     if train:
         if cfg.compose_prob > 0:
             x, tens, units, number = dataset.compose_batch(x, tens, units, number, cfg.compose_prob,
-                                                           compose_exclusions(cfg),
+                                                           never_synthesised(cfg),
                                                            **COMPOSE_MODES[cfg.compose_mode])
+        if glyphs is not None:
+            x, mask, tens, units, number = dataset.mix_renders(x, mask, number, *glyphs, cfg.glyph_mix)
         x = dataset.augment(x)
-    return dataset.normalize(x), batch["mask"].to(device), tens, units, number
+    return dataset.normalize(x), mask, tens, units, number
 
 
-def train_one_epoch(model, criterion, optimizer, loader, device, dtype, scaler, cfg, epoch):
+def train_one_epoch(model, criterion, optimizer, loader, device, dtype, scaler, cfg, epoch, glyphs=None):
     model.train()
     totals = {"loss": 0.0, "n": 0, "skipped_steps": 0}
     seen = []
@@ -152,7 +168,7 @@ def train_one_epoch(model, criterion, optimizer, loader, device, dtype, scaler, 
         if cfg.max_steps and step >= cfg.max_steps:
             break
         seen += batch["index"].tolist()
-        x, mask, tens, units, number = prepare_batch(batch, cfg, device, train=True)
+        x, mask, tens, units, number = prepare_batch(batch, cfg, device, train=True, glyphs=glyphs)
         mix = cfg.mixup_alpha > 0 and random.random() < cfg.mixup_prob
         lam, perm = (np.random.beta(cfg.mixup_alpha, cfg.mixup_alpha), torch.randperm(x.shape[0], device=device)) \
             if mix else (1.0, None)
@@ -440,6 +456,7 @@ def main(argv=None):
 
     model = build_model(cfg, device, rank)
     criterion = Criterion(cfg, [s.number for s in train_samples], device)
+    glyphs = glyph_bank(cfg)
     optimizer = utils.adamw(model.parameters(), device, cfg.lr, cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -464,7 +481,7 @@ def main(argv=None):
         for epoch in range(start, cfg.epochs):
             t0 = time.time()
             set_epoch(train_loader, cfg.seed, epoch)
-            tr = train_one_epoch(model, criterion, optimizer, train_loader, device, dtype, scaler, cfg, epoch)
+            tr = train_one_epoch(model, criterion, optimizer, train_loader, device, dtype, scaler, cfg, epoch, glyphs)
             res = predict_loader(model, val_loader, device, dtype, cfg, criterion, desc="validate")
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()

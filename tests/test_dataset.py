@@ -227,3 +227,38 @@ def test_composition_on_the_embedded_data_never_makes_a_scored_unseen_number(tmp
     assert made - {4, 6, 8, 9} and not made & set(synth.EVALUATED_UNSEEN)
     own = _composed_numbers(config.Config(compose_prob=1.0, data_root=str(tmp_path)))  # a user's data: only
     assert 44 in own and not own & {48, 64, 88}                                         # the test numbers
+
+
+def test_mix_renders_replaces_whole_tracklets_and_relabels_them():
+    torch.manual_seed(0)
+    x, mask = torch.rand(6, 3, 3, 8, 8), torch.tensor([[True, True, False]] * 6)
+    number = torch.tensor([4, 6, 8, 9, 49, 66])
+    labels = torch.tensor([41, 7, 95, 30])
+    renders = (torch.arange(4) * 60).view(4, 1, 1, 1).expand(4, 8, 8, 3).to(torch.uint8)  # flat grey levels
+    y, m, tens, units, num = dataset.mix_renders(x, mask, number, renders, labels, share=0.5)
+    changed = [b for b in range(6) if not torch.equal(y[b], x[b])]
+    assert len(changed) == 3
+    for b in range(6):
+        if b in changed:  # every frame of the tracklet is one render, and the label is that render's
+            k = int(round(float(y[b, 0, 0, 0, 0]) * 255 / 60))
+            assert torch.allclose(y[b], torch.full_like(y[b], k * 60 / 255)) and m[b].all() and num[b] == labels[k]
+        else:
+            assert torch.equal(m[b], mask[b]) and num[b] == number[b]
+        expected = decompose(int(num[b]))
+        assert (int(tens[b]), int(units[b])) == expected
+    assert decompose(7) == (EMPTY, 7) and decompose(41) == (4, 1)
+    same = dataset.mix_renders(x, mask, number, renders, labels, share=0.0)
+    assert torch.equal(same[0], x) and same[2].tolist() == [EMPTY] * 4 + [4, 6] and same[4].tolist() == number.tolist()
+
+
+def test_glyph_bank_never_renders_a_scored_number_and_leaves_the_rng_alone():
+    cfg = config.Config(glyph_mix=0.25, glyph_images=120, img_size=32, seed=3)
+    state = torch.get_rng_state()
+    frames, labels = train.glyph_bank(cfg)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert frames.shape == (120, 32, 32, 3) and frames.dtype == torch.uint8
+    made = set(labels.tolist())
+    assert not made & set(train.never_synthesised(cfg)) and len({n for n in made if n >= 10}) > 20
+    assert train.glyph_bank(config.Config()) is None
+    with pytest.raises(config.ConfigError, match="glyph_mix needs head=digits"):
+        config.load(["--glyph_mix=0.25", "--head=ctc"], env_file="")

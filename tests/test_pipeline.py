@@ -20,7 +20,8 @@ def run(tmp_path_factory):
     common = [f"--data_root={root}", f"--checkpoint_dir={out['checkpoints']}", f"--results_dir={out['results']}",
               f"--log_dir={out['logs']}", f"--cache_dir={out['cache']}", "--img_size=32", "--batch_size=4",
               "--pretrained=false", "--train_classes=4,6,49", "--test_classes=48,64", "--val_split=0.34"]
-    best, history = train.main(common + ["--epochs=2", "--run_name=t", "--compose_prob=0.5"])
+    best, history = train.main(common + ["--epochs=2", "--run_name=t", "--compose_prob=0.5", "--glyph_mix=0.25",
+                                         "--glyph_images=40"])
     return tmp, out, common, best, history
 
 
@@ -30,7 +31,7 @@ def test_training_writes_checkpoints_curves_and_tensorboard(run):
     for name in ("best_model.pth", "last.pth"):
         ck = utils.load_checkpoint(os.path.join(out["checkpoints"], name))
         assert {"model", "optimizer", "scheduler", "scaler", "epoch", "best_acc", "history", "config", "rng"} <= set(ck)
-    assert ck["epoch"] == 1 and ck["config"]["img_size"] == 32 and ck["train_counts"]
+    assert ck["epoch"] == 1 and ck["config"]["img_size"] == 32 and ck["config"]["glyph_mix"] == 0.25 and ck["train_counts"]
     assert os.path.getsize(os.path.join(out["results"], "training_curves.png")) > 1000
     events = [f for _, _, fs in os.walk(out["logs"]) for f in fs if f.startswith("events.out")]
     assert events
