@@ -132,9 +132,7 @@ class Config:
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (0 <= self.mixup_prob <= 1, "mixup_prob must be in [0, 1]"),
             (0 <= self.compose_prob <= 1, "compose_prob must be in [0, 1]"),
-            (0 <= self.glyph_mix <= 1 and self.glyph_images >= 10, "glyph_mix must be in [0, 1], glyph_images >= 10"),
-            # the ctc and compositional losses weigh whole numbers, and a rendered 41 is no training number
-            (self.glyph_mix == 0 or self.head == "digits", "glyph_mix needs head=digits"),
+            (0 <= self.glyph_mix < 1 and self.glyph_images >= 10, "glyph_mix must be in [0, 1), glyph_images >= 10"),
             (0 < self.beta < 1, "beta must be in (0, 1)"),
             (self.empty_suppression > 0, "empty_suppression must be > 0"),
             (self.num_workers >= 0, "num_workers must be >= 0"),

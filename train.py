@@ -143,6 +143,17 @@ def glyph_bank(cfg):
                                   exclude=never_synthesised(cfg), min_size=GLYPH_MIN_SIZE)
 
 
+def loss_numbers(cfg, train_numbers, glyphs) -> list[int]:
+    """The numbers the loss sees, in the proportions it sees them, for the class weights: with --glyph_mix a
+    rendered 41 is as common as it is in the batches (weights counted from the tracklets alone would call
+    tens 4 rare and tens 1 absent, and push the tens head off 'empty')."""
+    if glyphs is None:
+        return list(train_numbers)
+    labels = glyphs[1].tolist()
+    m = round(cfg.glyph_mix / (1 - cfg.glyph_mix) * len(train_numbers))
+    return list(train_numbers) + (labels * (m // len(labels) + 1))[:m]
+
+
 def prepare_batch(batch, cfg, device, train: bool, glyphs=None):
     """uint8 frames -> normalised float input (+ composition, rendered numbers and augmentation in training)."""
     x = dataset.to_input(batch["frames"], device)
@@ -455,8 +466,8 @@ def main(argv=None):
     train_loader, val_loader = make_loaders(cfg, train_samples, val_samples, store, device, rank, world)
 
     model = build_model(cfg, device, rank)
-    criterion = Criterion(cfg, [s.number for s in train_samples], device)
     glyphs = glyph_bank(cfg)
+    criterion = Criterion(cfg, loss_numbers(cfg, [s.number for s in train_samples], glyphs), device)
     optimizer = utils.adamw(model.parameters(), device, cfg.lr, cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

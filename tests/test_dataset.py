@@ -260,5 +260,18 @@ def test_glyph_bank_never_renders_a_scored_number_and_leaves_the_rng_alone():
     made = set(labels.tolist())
     assert not made & set(train.never_synthesised(cfg)) and len({n for n in made if n >= 10}) > 20
     assert train.glyph_bank(config.Config()) is None
-    with pytest.raises(config.ConfigError, match="glyph_mix needs head=digits"):
-        config.load(["--glyph_mix=0.25", "--head=ctc"], env_file="")
+    with pytest.raises(config.ConfigError, match="glyph_mix must be in"):
+        config.load(["--glyph_mix=1"], env_file="")
+
+
+def test_class_weights_count_the_renders_in_the_share_the_loss_sees_them():
+    cfg = config.Config(glyph_mix=0.25)
+    tracklets = [4] * 90 + [49] * 10
+    glyphs = (None, torch.tensor([41, 15, 7, 90]))
+    nums = train.loss_numbers(cfg, tracklets, glyphs)
+    assert len(nums) == 100 + 33 and nums[:100] == tracklets and set(nums[100:]) == {41, 15, 7, 90}
+    plain = train.Criterion(cfg, tracklets, "cpu").weights["tens"]
+    mixed = train.Criterion(cfg, nums, "cpu").weights["tens"]
+    assert plain[1] == plain[2]                      # tens 1 absent from the tracklets: the absent weight
+    assert mixed[1] > 10 * plain[1] and mixed[4] < plain[4]  # counted from the renders; tens 4 less rare
+    assert train.loss_numbers(config.Config(), tracklets, None) == tracklets
