@@ -13,6 +13,8 @@ import json
 import multiprocessing
 import os
 import statistics
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import torch
@@ -185,8 +187,20 @@ def _run_all(todo, jobs: int):
         return
     # not multiprocessing.Pool: its daemonic workers may not start the decoding pools a run uses
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                             initializer=_worker_init, initargs=(os.getpid(),)) as pool:
         yield from (f.result() for f in as_completed([pool.submit(run_one, *t) for t in todo]))
+
+
+def _worker_init(parent: int, poll: float = 2.0):
+    """One thread per run, and a watchdog: a worker is busy training and only hears from the pool between
+    runs, so a killed grid would leave its runs training on (and writing checkpoints) as orphans."""
+    torch.set_num_threads(1)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os._exit(1)  # checkpoints are written atomically, so none is left half-written
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def save(rows, args):

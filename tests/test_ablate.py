@@ -1,4 +1,10 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import ablate
 
@@ -68,3 +74,39 @@ def test_table_budget_names_every_seed_in_the_file_not_only_the_last_invocations
              "val": {"argmax": 50.0 + s, "anti_empty": 0.0, "logit_adjusted": 0.0}} for s in (1, 2)]
     table = ablate.markdown(ablate.summarize(rows), {"epochs": 3, "synth_scale": 0.1, "seeds": "2", "passthrough": []})
     assert "seeds 1,2," in table and "| original | original | 2 | 51.5 ± 0.7 |" in table
+
+
+def test_a_killed_grid_leaves_no_run_behind(tmp_path):
+    """Kill the grid's parent with SIGKILL: its busy workers must exit instead of training on as orphans."""
+    script = tmp_path / "grid.py"
+    script.write_text(
+        "import sys, time, multiprocessing\n"
+        f"sys.path.insert(0, {str(Path(ablate.__file__).parent)!r})\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "import ablate\n"
+        "def busy(_):\n"
+        "    import os\n"
+        "    print(os.getpid(), flush=True)\n"
+        "    time.sleep(120)\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'),\n"
+        "                               initializer=ablate._worker_init, initargs=(multiprocessing.current_process().pid,))\n"
+        "    pool.submit(busy, 0)\n"
+        "    time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and _alive(worker):
+        time.sleep(0.5)
+    assert not _alive(worker)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie has exited; only its parent has not reaped it
+        return f.read().split()[2] != "Z"
