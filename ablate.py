@@ -69,8 +69,8 @@ def run_one(split, method, seed, args, data_root, train_nums, test_nums, extra):
               f"--synth_scale={args['synth_scale']}", f"--seed={seed}"]
     common += [f"--data_root={data_root}"] if data_root else []
     flags = METHODS[method] + args["passthrough"]
-    if extra and any(f.startswith("--compose_prob") for f in flags):  # train.py leaves out the test numbers;
-        flags.append(f"--compose_exclude={','.join(map(str, extra))}")  # the other scored ones too
+    if extra:  # composition and --glyph_mix leave out the test numbers; the other scored ones too, on any data
+        flags.append(f"--compose_exclude={','.join(map(str, extra))}")
     train.main(common + flags + [f"--epochs={args['epochs']}", f"--run_name=ablation_{split}_{method}_s{seed}",
                                  f"--log_dir={args['log_dir']}", f"--test_classes={','.join(map(str, test_nums))}"])
     ckpt = ["--checkpoint=" + os.path.join(out, "best_model.pth"), f"--results_dir={out}", "--tune_tau"]

@@ -75,7 +75,7 @@ class Config:
     loss_tau: float = 1.0
     compose_prob: float = 0.0            # fraction of each batch replaced by two-digit composites of single digits
     compose_mode: str = "splice"         # splice: two crops squeezed side by side | paste: two digit bands, one shirt
-    compose_exclude: list[int] = field(default_factory=list)  # numbers never produced by composition
+    compose_exclude: list[int] = field(default_factory=list)  # numbers composition and --glyph_mix never produce
     glyph_mix: float = 0.0               # share of each training batch replaced by rendered numbers (pretrain.py's
                                          # renderer, never a scored unseen number): each digit next to many others
     glyph_images: int = 5000             # renders in that bank (made once per run)

@@ -34,7 +34,10 @@ NOT_VISIBLE = -1    # SoccerNet label: the number cannot be read in this trackle
 MAX_TRACKLET_FRAMES = 32  # long real tracklets (SoccerNet: hundreds of frames) keep this many, evenly spaced
 
 
-def decompose(n: int) -> tuple[int, int]:
+def decompose(n):
+    """Works on ints and on tensors: N < 10 -> (EMPTY, N), else (N // 10, N % 10)."""
+    if isinstance(n, torch.Tensor):
+        return torch.where(n < 10, torch.full_like(n, EMPTY), n // 10), n % 10
     return (EMPTY, n) if n < 10 else (n // 10, n % 10)
 
 
@@ -454,8 +457,7 @@ def mix_renders(x, mask, number, renders, labels, share: float):
         x[slots] = to_input(renders[pick].unsqueeze(1), x.device).expand(-1, T, -1, -1, -1)
         mask[slots] = True
         number[slots] = labels[pick].to(number.device)
-    tens = torch.where(number < 10, torch.full_like(number, EMPTY), number // 10)
-    return x, mask, tens, number % 10, number
+    return x, mask, *decompose(number), number
 
 
 def compose_batch(x, tens, units, number, prob: float, exclude=(), width=(0.35, 0.6), mode: str = "splice"):

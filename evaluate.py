@@ -68,8 +68,7 @@ def rule_vote(p_tens, p_units, thresholds=(0.3, 0.4, 0.5, 0.6)):
         top = max(counts.values())
         tied = [n for n in counts if counts[n] == top]
         out[i] = max(tied, key=lambda n: number_prob(p_tens[i], p_units[i], n))
-    tens = torch.where(out >= 10, out // 10, torch.full_like(out, EMPTY))
-    return tens, out % 10
+    return dataset.decompose(out)
 
 
 def rule_logit_adjusted(p_tens, p_units, log_prior_tens, tau=1.0):

@@ -193,13 +193,9 @@ class GlyphNet(nn.Module):
         return self.tens(z), self.units(z)
 
 
-def _digits(number: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.where(number < 10, model_lib.EMPTY, number // 10), number % 10
-
-
 def _loss(net, x, number):
     tens, units = net(x)
-    t, u = _digits(number)
+    t, u = dataset.decompose(number)
     return F.cross_entropy(tens.float(), t) + F.cross_entropy(units.float(), u)
 
 
@@ -211,7 +207,7 @@ def accuracy(net, frames, labels, device, dtype) -> float:
     for i in range(0, len(frames), 256):
         with utils.autocast(device, dtype):
             tens, units = net(_to_input(frames[i:i + 256], device, False))
-        t, u = _digits(labels[i:i + 256].to(device))
+        t, u = dataset.decompose(labels[i:i + 256].to(device))
         hits += int(((tens.argmax(1) == t) & (units.argmax(1) == u)).sum())
     net.train()
     return 100.0 * hits / max(len(frames), 1)

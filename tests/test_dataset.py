@@ -20,6 +20,8 @@ def test_decompose_reconstruct_all_numbers():
     u = torch.tensor([decompose(n)[1] for n in range(100)])
     assert torch.equal(reconstruct(t, u), torch.arange(100))
     assert decompose(48) == (4, 8) and decompose(7) == (10, 7)
+    tt, tu = decompose(torch.arange(100))  # the tensor form gives the same digits
+    assert torch.equal(tt, t) and torch.equal(tu, u)
 
 
 RNG = np.random.default_rng(0)
