@@ -9,6 +9,7 @@ frame indices, so an epoch costs no image decoding.
 import glob
 import hashlib
 import json
+import math
 import logging
 import os
 import re
@@ -234,11 +235,21 @@ def keep_frames(samples: list[Sample], picks: list[list[int]]) -> list[Sample]:
     return out
 
 
-def load_frame(path: str, size: int, sharpen: float = 2.0) -> np.ndarray:
-    """SPEC recipe: RGB -> sharpen -> LANCZOS to size x size. Any PIL mode (L, CMYK, RGBA, P) works."""
+FULL_FRAME = (0.0, 0.0, 1.0, 1.0)
+
+
+def load_frame(path: str, size: int, sharpen: float = 2.0, crop=FULL_FRAME) -> np.ndarray:
+    """SPEC recipe: RGB -> sharpen -> LANCZOS to size x size. Any PIL mode (L, CMYK, RGBA, P) works.
+    `crop` (left, top, right, bottom as fractions) is cut out first, so the resize spends its pixels there."""
+    left, top, right, bottom = crop
     with Image.open(path) as im:
-        im.draft("RGB", (size, size))  # JPEG: decode big images at reduced scale, far faster
+        # JPEG: decode big images at reduced scale (far faster), but never below what the crop needs
+        im.draft("RGB", (math.ceil(size / (right - left)), math.ceil(size / (bottom - top))))
         im = im.convert("RGB")
+        if tuple(crop) != FULL_FRAME:
+            w, h = im.size
+            box = (round(left * w), round(top * h), round(right * w), round(bottom * h))
+            im = im.crop((box[0], box[1], max(box[2], box[0] + 1), max(box[3], box[1] + 1)))
         if sharpen != 1.0:
             im = ImageEnhance.Sharpness(im).enhance(sharpen)
         im = im.resize((size, size), Image.LANCZOS)
@@ -246,9 +257,9 @@ def load_frame(path: str, size: int, sharpen: float = 2.0) -> np.ndarray:
 
 
 def _load_or_none(args):
-    path, size, sharpen = args
+    path, size, sharpen, crop = args
     try:
-        return load_frame(path, size, sharpen)
+        return load_frame(path, size, sharpen, crop)
     except Exception:  # noqa: BLE001 - any unreadable file is a counted skip
         return None
 
@@ -256,15 +267,17 @@ def _load_or_none(args):
 class FrameStore:
     """Every frame of every sample, preprocessed once into one uint8 array (N, S, S, 3), cached on disk."""
 
-    def __init__(self, samples: list[Sample], size: int, sharpen: float, cache_dir: str = "", workers: int = 0):
+    def __init__(self, samples: list[Sample], size: int, sharpen: float, cache_dir: str = "", workers: int = 0,
+                 crop=FULL_FRAME):
         paths = sorted({p for s in samples for p in s.frames})
         self.index = {p: i for i, p in enumerate(paths)}
-        cache = os.path.join(cache_dir, f"frames_{_fingerprint(paths, size, sharpen)}.npz") if cache_dir else ""
+        crop = tuple(float(c) for c in crop)
+        cache = os.path.join(cache_dir, f"frames_{_fingerprint(paths, size, sharpen, crop)}.npz") if cache_dir else ""
         if cache and os.path.isfile(cache):
             with np.load(cache) as z:
                 self.frames, self.ok = z["frames"], z["ok"]
         else:
-            self.frames, self.ok = _decode_all(paths, size, sharpen, workers)
+            self.frames, self.ok = _decode_all(paths, size, sharpen, crop, workers)
             if cache:
                 os.makedirs(cache_dir, exist_ok=True)
                 tmp = f"{cache}.tmp{os.getpid()}.npz"  # per process: parallel runs may build the same cache
@@ -290,8 +303,9 @@ class FrameStore:
         return self.frames[[self.index[p] for p in paths]]
 
 
-def _fingerprint(paths, size, sharpen) -> str:
-    h = hashlib.sha1(f"{size}|{sharpen}|v1".encode())
+def _fingerprint(paths, size, sharpen, crop) -> str:
+    # the full frame keeps the key it had before crops existed, so old caches stay valid
+    h = hashlib.sha1((f"{size}|{sharpen}|v1" + ("" if crop == FULL_FRAME else f"|crop{crop}")).encode())
     for p in paths:
         try:
             st = os.stat(p)
@@ -301,10 +315,10 @@ def _fingerprint(paths, size, sharpen) -> str:
     return h.hexdigest()[:16]
 
 
-def _decode_all(paths, size, sharpen, workers):
+def _decode_all(paths, size, sharpen, crop, workers):
     frames = np.zeros((len(paths), size, size, 3), np.uint8)
     ok = np.zeros(len(paths), bool)
-    jobs = [(p, size, sharpen) for p in paths]
+    jobs = [(p, size, sharpen, crop) for p in paths]
     workers = workers or min(os.cpu_count() or 1, 8)
     bar = dict(total=len(paths), desc="decoding frames", unit="img", leave=False, mininterval=1)
     if workers > 1 and len(paths) > 256:

@@ -138,7 +138,7 @@ def decode_picked(samples, cfg, skipped: Counter):
     """Samples cut to the frames that will be read, those decoded (no cache: new footage), unreadable ones
     dropped and counted in `skipped`; returns (samples, store)."""
     samples = dataset.keep_frames(samples, pick_frames(samples, cfg))
-    store = dataset.FrameStore(samples, cfg.img_size, cfg.sharpen, "", cfg.num_workers)
+    store = dataset.FrameStore(samples, cfg.img_size, cfg.sharpen, "", cfg.num_workers, crop=cfg.crop)
     return store.drop_unreadable(samples, skipped), store
 
 
@@ -257,10 +257,11 @@ def state_mb(net) -> float:
 
 
 class OnnxView(torch.nn.Module):
-    """The exported graph. Input `frames`: float [batch, time, 3, S, S], RGB in 0..1 after the SPEC resize and
-    sharpening (dataset.load_frame / 255); ImageNet normalisation is inside. Outputs: number_probs [batch, 100],
-    tens_probs [batch, 11] (index 10 = empty), units_probs [batch, 10], attention [batch, time]. There is no
-    padding mask: pad short tracklets by repeating their last frame, as predict.py does."""
+    """The exported graph. Input `frames`: float [batch, time, 3, S, S], RGB in 0..1 after the checkpoint's crop,
+    SPEC sharpening and resize (dataset.load_frame(path, img_size, sharpen, crop) / 255); ImageNet normalisation
+    is inside. Outputs: number_probs [batch, 100], tens_probs [batch, 11] (index 10 = empty), units_probs
+    [batch, 10], attention [batch, time]. There is no padding mask: pad short tracklets by repeating their last
+    frame, as predict.py does."""
 
     def __init__(self, net):
         super().__init__()

@@ -7,20 +7,23 @@ import time
 from pathlib import Path
 
 import ablate
+import config
 
 
 def test_grid_writes_every_run_and_a_table_and_resumes(tmp_path):
     res = tmp_path / "ablation.json"
-    argv = ["--methods=original,compose_paste", "--seeds=1", "--epochs=1", "--synth_scale=0.01",
+    argv = ["--methods=original,compose_paste,torso_crop", "--seeds=1", "--epochs=1", "--synth_scale=0.01",
             f"--out_dir={tmp_path / 'ck'}", f"--results={res}", f"--log_dir={tmp_path / 'logs'}",
             f"--synth_root={tmp_path / 'synth'}", f"--cache_dir={tmp_path / 'cache'}", "--img_size=32", "--seq_len=2",
             "--pretrained=false", "--lstm_hidden=8", "--head_hidden=8", "--max_steps=2", "--amp=false",
             "--batch_size=4"]
     ablate.main(argv)
     rows = json.loads(res.read_text())["runs"]
-    assert [(r["method"], r["seed"]) for r in rows] == [("original", 1), ("compose_paste", 1)]
+    assert [(r["method"], r["seed"]) for r in rows] == [("original", 1), ("compose_paste", 1), ("torso_crop", 1)]
     for r in rows:
         assert 0 <= r["val"]["argmax"] <= 100 and "heldout" in r and "extra_unseen" in r
+    # every method runs on the SPEC's whole frame, whatever train.py's default, except the torso crop
+    assert [r["crop"] for r in rows] == [[0.0, 0.0, 1.0, 1.0]] * 2 + [config.TORSO_CROP]
     table = (tmp_path / "ablation.md").read_text()
     assert "| original |" in table and "| compose_paste |" in table
     assert "seen two-digit" in table and "held-out anti_empty" in table
@@ -32,7 +35,7 @@ def test_grid_writes_every_run_and_a_table_and_resumes(tmp_path):
     res.write_text(json.dumps(old))
     ablate.main(argv)  # everything done: nothing is run again
     rows = json.loads(res.read_text())["runs"]
-    assert len(rows) == 2 and [tuple(r[k] for k in keys) for r in rows] == expected
+    assert len(rows) == 3 and [tuple(r[k] for k in keys) for r in rows] == expected
     assert "held-out answered with a seen two-digit number" in (tmp_path / "ablation.md").read_text()
 
 

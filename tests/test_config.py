@@ -69,12 +69,23 @@ def test_method_preset_respects_explicit_fields():
     assert cfg.head == "ctc" and cfg.mixup_prob == 0.0
     cfg, _ = config.load(["--method=ctc", "--mixup_prob=0.5"], env_file="/nonexistent")
     assert cfg.mixup_prob == 0.5
+    # the default reads the torso band; the SPEC recipe (whole frame) is one flag away; a user's crop wins
+    cfg, _ = config.load([], env_file="/nonexistent")
+    assert cfg.method == "torso" and cfg.crop == config.TORSO_CROP and cfg.crop is not config.TORSO_CROP
+    cfg, _ = config.load(["--method=original"], env_file="/nonexistent")
+    assert cfg.crop == [0.0, 0.0, 1.0, 1.0]
+    cfg, _ = config.load(["--crop=0,0,1,1"], env_file="/nonexistent")
+    assert cfg.method == "torso" and cfg.crop == [0.0, 0.0, 1.0, 1.0]
+    cfg, _ = config.load(["--method=original", "--crop=0,0.1,1,0.6"], env_file="/nonexistent")
+    assert cfg.crop == [0.0, 0.1, 1.0, 0.6]
 
 
 def test_roundtrip_dict():
     cfg, _ = config.load(["--epochs=3"], env_file="/nonexistent")
     again = config.from_dict({**config.to_dict(cfg), "unknown_future_key": 1})
-    assert again.epochs == 3 and again.train_classes == cfg.train_classes
+    assert again.epochs == 3 and again.train_classes == cfg.train_classes and again.crop == config.TORSO_CROP
+    old = {k: v for k, v in config.to_dict(cfg).items() if k != "crop"}  # a checkpoint from before --crop
+    assert config.from_dict(old).crop == [0.0, 0.0, 1.0, 1.0]  # was trained on whole frames: read them so
 
 
 def test_seen_test_numbers_need_explicit_opt_in():

@@ -80,6 +80,30 @@ def test_frame_store_decodes_once_and_skips_unreadable(tiny_root, tmp_path):
     assert np.array_equal(again.frames, store.frames)
 
 
+def test_crop_keeps_only_its_box_and_has_its_own_cache(tmp_path):
+    """--crop cuts the box out before the resize (so it keeps the pixels), and never reads a full-frame cache."""
+    from PIL import Image
+    img = np.zeros((200, 80, 3), np.uint8)
+    img[:100] = (250, 0, 0)  # top half red, bottom half blue: a tall full-body crop
+    img[100:] = (0, 0, 250)
+    root = tmp_path / "data" / "4" / "player_0_seq_0" / "0"
+    root.mkdir(parents=True)
+    Image.fromarray(img).save(root / "0_0_0.png")
+    top = dataset.load_frame(str(root / "0_0_0.png"), 32, 1.0, (0.0, 0.0, 1.0, 0.4))
+    assert top.shape == (32, 32, 3) and (top[..., 0] > 200).all() and (top[..., 2] < 50).all()
+    band = dataset.load_frame(str(root / "0_0_0.png"), 32, 1.0, (0.0, 0.25, 1.0, 0.75))  # half of each colour
+    assert (band[:14, :, 0] > 200).all() and (band[-14:, :, 2] > 200).all()
+    samples, _ = dataset.crawl(str(tmp_path / "data"))
+    cache = str(tmp_path / "cache")
+    full = dataset.FrameStore(samples, 32, 1.0, cache)
+    cropped = dataset.FrameStore(samples, 32, 1.0, cache, crop=[0, 0, 1, 0.4])
+    assert np.array_equal(cropped.frames[0], top) and not np.array_equal(full.frames[0], top)
+    assert len(list((tmp_path / "cache").glob("frames_*.npz"))) == 2
+    cfg = config.Config(crop=[0.0, 0.7, 1.0, 0.6])
+    assert any(e.startswith("crop must be") for e in cfg.validate())
+    assert not config.Config(crop=[0, 0.05, 1, 0.65]).validate()
+
+
 def test_two_processes_building_the_same_frame_cache_both_finish(tiny_root, tmp_path, monkeypatch):
     """ablate --jobs=2 starts runs on the same data at once: a second process writes and renames its cache
     file while the first is between writing and renaming its own (this crashed when both used one temp name)."""

@@ -23,7 +23,7 @@ THRESHOLD = 0.6  # stored in the checkpoint as if train.py had chosen it
 def fit(net, samples, cfg, steps=30):
     """Fit the digit heads on the (random) backbone's embeddings of the tracklets predict.py will see: cheap,
     and the checkpoint then makes real, confident predictions to compare INT8 against."""
-    store = dataset.FrameStore(samples, cfg.img_size, cfg.sharpen)
+    store = dataset.FrameStore(samples, cfg.img_size, cfg.sharpen, crop=cfg.crop)
     ds = dataset.TrackletDataset(samples, store, cfg.seq_len, "uniform", use_anchor=False)
     batch = dataset.collate([ds[i] for i in range(len(ds))])
     net.eval()
@@ -56,7 +56,8 @@ def setup(tmp_path_factory):
             write_tracklet(spec / str(n) / f"player_{seq}_seq_{seq}" / "0", 3 + seq, anchor=0 if seq == 0 else None,
                            text=str(n), seed=n + seq)
     cfg = config.Config(img_size=32, seq_len=4, pretrained=False, lstm_hidden=16, head_hidden=16, batch_size=4,
-                        dropout=0.0, train_classes=list(NUMBERS), test_classes=[48], amp=False, channels_last=False)
+                        dropout=0.0, train_classes=list(NUMBERS), test_classes=[48], amp=False, channels_last=False,
+                        crop=config.TORSO_CROP)  # predict.py must cut new footage as the checkpoint was trained
     torch.manual_seed(0)
     net = fit(model_lib.build(cfg), dataset.crawl(str(spec))[0], cfg)
     ckpt = tmp / "model.pth"
@@ -91,7 +92,7 @@ def predicted(setup):
 
 def direct(net, cfg, row):
     """The model run by hand on exactly the frames the row says it used."""
-    frames = np.stack([dataset.load_frame(os.path.join(row["tracklet"], f), cfg.img_size, cfg.sharpen)
+    frames = np.stack([dataset.load_frame(os.path.join(row["tracklet"], f), cfg.img_size, cfg.sharpen, cfg.crop)
                        for f in row["frames"]])
     return net.predict(dataset.normalize(dataset.to_input(torch.from_numpy(frames)[None], "cpu")))
 

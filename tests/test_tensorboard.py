@@ -63,7 +63,7 @@ def test_hparams_experiment_lists_final_metrics(run):
     metrics = {m.name.tag for m in exp.metric_infos}
     assert {"hparam/best_val_acc", "hparam/final_val_acc", "hparam/final_val_loss"} <= metrics
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
-    assert start.hparams["img_size"].number_value == 32 and start.hparams["method"].string_value == "original"
+    assert start.hparams["img_size"].number_value == 32 and start.hparams["method"].string_value == "torso"
 
 
 def test_checkpoint_and_results_carry_the_uncertainty_threshold(run):
