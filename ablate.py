@@ -225,7 +225,8 @@ def backfill(rows, out_dir):
         run = os.path.join(out_dir, r["split"], f"{r['method']}_s{r['seed']}")
         for key, name, fn in (("val_two_digit", "val.json", lambda res: two_digit(res["per_number"])),
                               ("heldout_one_digit", "heldout.json", lambda res: one_digit_share(res["predictions"])),
-                              ("heldout_seen_number", "heldout.json", seen_number_share)):
+                              ("heldout_seen_number", "heldout.json", seen_number_share),
+                              ("crop", "val.json", lambda res: config.from_dict(res["config"]).crop)):
             path = os.path.join(run, name)
             if key not in r and os.path.isfile(path):
                 r[key] = fn(read_json(path))

@@ -29,9 +29,9 @@ def test_grid_writes_every_run_and_a_table_and_resumes(tmp_path):
     assert "seen two-digit" in table and "held-out anti_empty" in table
     # a results file from an older ablate.py (no two-digit figure) is completed from each run's val.json
     old = json.loads(res.read_text())
-    keys = ("val_two_digit", "heldout_one_digit", "heldout_seen_number")
+    keys = ("val_two_digit", "heldout_one_digit", "heldout_seen_number", "crop")
     expected = [tuple(r.pop(k) for k in keys) for r in old["runs"]]
-    assert all(0 <= one <= 100 and 0 <= seen <= 100 - one for _, one, seen in expected)
+    assert all(0 <= one <= 100 and 0 <= seen <= 100 - one for _, one, seen, _ in expected)
     res.write_text(json.dumps(old))
     ablate.main(argv)  # everything done: nothing is run again
     rows = json.loads(res.read_text())["runs"]
