@@ -54,9 +54,8 @@ class NaiveTrackletDataset(Dataset):
     def __getitem__(self, i):
         s = self.samples[i]
         idx = dataset.select_frames(len(s.frames), s.anchor, self.cfg.seq_len, "uniform", None)
-        frames = [self.tf(Image.fromarray(dataset.load_frame(s.frames[j], self.cfg.img_size, self.cfg.sharpen,
-                                                                     self.cfg.crop)))
-                  for j in idx]
+        c = self.cfg
+        frames = [self.tf(Image.fromarray(dataset.load_frame(s.frames[j], c.img_size, c.sharpen, c.crop))) for j in idx]
         t, u = dataset.decompose(s.number)
         return torch.stack(frames), t, u, s.number
 

@@ -9,8 +9,8 @@ frame indices, so an epoch costs no image decoding.
 import glob
 import hashlib
 import json
-import math
 import logging
+import math
 import os
 import re
 from collections import Counter
