@@ -24,6 +24,8 @@ from PIL import Image, ImageEnhance, ImageFile
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from config import FULL_FRAME
+
 log = logging.getLogger("jersey")
 EMPTY = 10          # tens class meaning "no tens digit"
 NUM_DIGIT_CLASSES = 11
@@ -235,9 +237,6 @@ def keep_frames(samples: list[Sample], picks: list[list[int]]) -> list[Sample]:
     return out
 
 
-FULL_FRAME = (0.0, 0.0, 1.0, 1.0)
-
-
 def load_frame(path: str, size: int, sharpen: float = 2.0, crop=FULL_FRAME) -> np.ndarray:
     """SPEC recipe: RGB -> sharpen -> LANCZOS to size x size. Any PIL mode (L, CMYK, RGBA, P) works.
     `crop` (left, top, right, bottom as fractions) is cut out first, so the resize spends its pixels there."""
@@ -284,6 +283,11 @@ class FrameStore:
                 np.savez(tmp, frames=self.frames, ok=self.ok)
                 os.replace(tmp, cache)
         self.bad = {p for p, i in self.index.items() if not self.ok[i]}
+
+    @classmethod
+    def of(cls, samples: list[Sample], cfg, cache_dir: str = "", workers: int = 0) -> "FrameStore":
+        """The store a config's preprocessing (size, sharpening, crop) makes: what checkpoints are trained on."""
+        return cls(samples, cfg.img_size, cfg.sharpen, cache_dir, workers, crop=cfg.crop)
 
     def drop_unreadable(self, samples: list[Sample], skipped: Counter) -> list[Sample]:
         """Remove unreadable frames from samples (and samples left with none), counting both."""

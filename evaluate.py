@@ -191,7 +191,7 @@ def score_not_visible(model, cfg, device, dtype, threshold: float) -> dict | Non
     samples, _ = dataset.crawl(root, [dataset.NOT_VISIBLE])  # its other skips were counted by the main crawl
     if not samples:
         return None
-    store = dataset.FrameStore(samples, cfg.img_size, cfg.sharpen, cfg.cache_dir, crop=cfg.crop)
+    store = dataset.FrameStore.of(samples, cfg, cfg.cache_dir)
     unreadable = Counter()
     samples = store.drop_unreadable(samples, unreadable)
     for reason, count in sorted(unreadable.items()):

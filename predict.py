@@ -138,7 +138,7 @@ def decode_picked(samples, cfg, skipped: Counter):
     """Samples cut to the frames that will be read, those decoded (no cache: new footage), unreadable ones
     dropped and counted in `skipped`; returns (samples, store)."""
     samples = dataset.keep_frames(samples, pick_frames(samples, cfg))
-    store = dataset.FrameStore(samples, cfg.img_size, cfg.sharpen, "", cfg.num_workers, crop=cfg.crop)
+    store = dataset.FrameStore.of(samples, cfg, "", cfg.num_workers)
     return store.drop_unreadable(samples, skipped), store
 
 

@@ -159,7 +159,7 @@ def load_samples(cfg, numbers, root: str | None = None, workers: int = 0):
         raise config.ConfigError(str(err)) from None
     if not samples:
         raise config.ConfigError(f"no sub-tracklet with images for numbers {sorted(numbers)} under {root!r}")
-    store = dataset.FrameStore(samples, cfg.img_size, cfg.sharpen, cfg.cache_dir, workers, crop=cfg.crop)
+    store = dataset.FrameStore.of(samples, cfg, cfg.cache_dir, workers)
     samples = store.drop_unreadable(samples, skipped)
     missing = sorted(set(numbers) - {s.number for s in samples})
     if missing:
