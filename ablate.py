@@ -50,6 +50,9 @@ METHODS = {
     "ctc_paste": ["--head=ctc", "--compose_prob=0.5", "--compose_mode=paste"],
 }
 METHODS |= {f"torso_{m}": METHODS["torso_crop"] + METHODS[m] for m in ("ctc_nomix", "glyph_mix", "compose_paste")}
+# each half of the crop read on its own, so a tens digit cannot lean on its neighbour (train.read_halves)
+METHODS["torso_split"] = ["--method=split"]
+METHODS["torso_split_paste"] = ["--method=split", "--compose_prob=0.25", "--compose_mode=paste"]
 HARD_TRAIN, HARD_TEST = synth.HARD_TRAIN, synth.HARD_TEST  # the harder split, defined in synth.py
 
 
@@ -83,6 +86,7 @@ def run_one(split, method, seed, args, data_root, train_nums, test_nums, extra):
     row["val_per_number"] = {n: v["accuracy"] for n, v in val["per_number"].items()}
     row["val_two_digit"] = two_digit(val["per_number"])
     row["tau"] = val["config"]["logit_tau"]
+    row["split_threshold"] = val["config"]["split_threshold"] if "split" in val["rules"] else None
     row["crop"] = val["config"]["crop"]
     for name, nums in (("heldout", test_nums), ("extra_unseen", extra)):
         if nums:
@@ -123,8 +127,8 @@ def summarize(rows) -> list[dict]:
         runs = [r for r in rows if r["split"] == split and r["method"] == method]
         entry = {"split": split, "method": method, "seeds": [r["seed"] for r in runs]}
         for key in ("val", "heldout", "extra_unseen"):
-            for rule in ("argmax", "anti_empty", "logit_adjusted"):
-                _mean_std(entry, f"{key}_{rule}", [r[key][rule] for r in runs if key in r])
+            for rule in ("argmax", "anti_empty", "logit_adjusted", "split"):
+                _mean_std(entry, f"{key}_{rule}", [r[key][rule] for r in runs if rule in r.get(key, {})])
         for key in ("val_two_digit", "heldout_one_digit", "heldout_seen_number"):
             _mean_std(entry, key, [r[key] for r in runs if r.get(key) is not None])
         out.append(entry)
@@ -139,6 +143,7 @@ def _mean_std(entry, key, vals):
 def markdown(summary, args) -> str:
     cols = [("seen val", "val_argmax"), ("seen two-digit", "val_two_digit"), ("held-out", "heldout_argmax"),
             ("held-out anti_empty", "heldout_anti_empty"), ("held-out logit adj. (tau on val)", "heldout_logit_adjusted"),
+            ("held-out split read (threshold on val)", "heldout_split"), ("seen val split read", "val_split"),
             ("held-out answered with one digit", "heldout_one_digit"),
             ("held-out answered with a seen two-digit number", "heldout_seen_number"),
             ("other unseen", "extra_unseen_argmax"), ("other unseen anti_empty", "extra_unseen_anti_empty")]

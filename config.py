@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, fields
 TORSO_CROP = [0.0, 0.05, 1.0, 0.65]
 FULL_FRAME = (0.0, 0.0, 1.0, 1.0)
 
-METHODS = ("torso", "original", "suppress", "logit_adjust", "balanced_softmax", "compositional", "compose", "ctc")
+METHODS = ("torso", "original", "suppress", "logit_adjust", "balanced_softmax", "compositional", "compose", "ctc",
+           "split")
 
 
 @dataclass
@@ -86,6 +87,8 @@ class Config:
     glyph_mix: float = 0.0               # share of each training batch replaced by rendered numbers (pretrain.py's
                                          # renderer, never a scored unseen number): each digit next to many others
     glyph_images: int = 5000             # renders in that bank (made once per run)
+    split_views: float = 0.0             # >0: also train the units head on the left/right halves of the crop (one digit
+                                         # each, or a fragment), loss weight this; enables the `split` rule
     patience: int = 10
     min_delta: float = 0.001
     amp: bool = True                     # float16 + GradScaler on CUDA, bfloat16 autocast on CPUs that support it
@@ -107,6 +110,7 @@ class Config:
     same_digit_threshold: float = 0.7
     vote_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6])
     logit_tau: float = 1.0               # tau of post-hoc logit adjustment of the tens head
+    split_threshold: float = 0.5         # split rule: two digits when P(left digit) x P(right digit) is above this
 
     def validate(self) -> list[str]:
         """Every problem at once, as readable messages; raises nothing."""
@@ -152,6 +156,10 @@ class Config:
             (0.05 <= self.pretrain_min_size <= 0.8, "pretrain_min_size must be in [0.05, 0.8]"),
             (self.lstm_layers >= 1 and self.lstm_hidden >= 1, "lstm_layers and lstm_hidden must be >= 1"),
             (self.ctc_columns >= 3, "ctc_columns must be >= 3 (88 is read as 8, blank, 8)"),
+            (self.split_views >= 0 and 0 <= self.split_threshold <= 1, "split_views >= 0, split_threshold in [0, 1]"),
+            (self.split_views == 0 or self.head == "digits", "split_views needs --head=digits (its units head reads "
+                                                              "the halves)"),
+            (self.rule != "split" or self.split_views > 0, "rule=split needs a model trained with --split_views"),
         ]
         e += [msg for ok, msg in checks if not ok]
         choices = {
@@ -160,7 +168,7 @@ class Config:
             "reader": ("pooled", "positional"), "compose_mode": ("splice", "paste"),
             "class_weight": ("effective_number", "balanced", "none"), "split_by": ("sequence", "sample"),
             "loss": ("ce", "logit_adjusted", "balanced_softmax"), "method": METHODS,
-            "rule": ("argmax", "anti_empty", "confidence", "same_digit", "vote", "logit_adjusted"),
+            "rule": ("argmax", "anti_empty", "confidence", "same_digit", "vote", "logit_adjusted", "split"),
         }
         e += [f"{k} must be one of {v}, got {getattr(self, k)!r}" for k, v in choices.items() if getattr(self, k) not in v]
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -198,6 +206,7 @@ def apply_method(cfg: Config) -> Config:
         "balanced_softmax": {"loss": "balanced_softmax", "class_weight": "none"},
         "compositional": {"head": "compositional", "class_weight": "none", "loss": "balanced_softmax"},
         "compose": {"compose_prob": 0.5},
+        "split": {"split_views": 1.0, "rule": "split"},  # the torso band, each half also read alone
         "ctc": {"head": "ctc", "mixup_prob": 0.0},  # MixUp overlays two prints; off, seen val +1.9 (report 6.6)
     }
     explicit = getattr(cfg, "_explicit", set())

@@ -28,6 +28,7 @@ from config import FULL_FRAME
 
 log = logging.getLogger("jersey")
 EMPTY = 10          # tens class meaning "no tens digit"
+NO_DIGIT = 10       # units class of a half view holding no whole digit (half of a centred single digit)
 NUM_DIGIT_CLASSES = 11
 IMG_EXTS = (".jpg", ".jpeg", ".png")
 MEAN = torch.tensor([0.485, 0.456, 0.406])
@@ -517,3 +518,39 @@ def compose_batch(x, tens, units, number, prob: float, exclude=(), width=(0.35, 
             x[slots[k]] = F.interpolate(pair, size=(H, W), mode="bilinear", align_corners=False, antialias=True)
     tens[slots], units[slots], number[slots] = number[left], number[right], new_num
     return x, tens, units, number
+
+
+def half(x: torch.Tensor, side: str, cut: float = 0.5) -> torch.Tensor:
+    """The part of every frame left ('L') or right ('R') of column `cut` x W, resized back to H x W.
+    x: [B, T, C, H, W]. A two-digit print sits across the middle of the back, so each half holds one digit."""
+    B, T, C, H, W = x.shape
+    c = min(max(int(round(cut * W)), 2), W - 2)
+    part = x[..., :c] if side == "L" else x[..., c:]
+    out = F.interpolate(part.reshape(B * T, C, H, -1).float(), size=(H, W), mode="bilinear", align_corners=False,
+                        antialias=True)
+    return out.to(x.dtype).view(B, T, C, H, W)
+
+
+def half_views(x, mask, number, jitter: float = 0.08):
+    """Training views for the split reader (--split_views): the left and right halves of each two-digit tracklet
+    in the batch, labelled with its tens and its units digit, and of as many single-digit tracklets, labelled
+    NO_DIGIT (half of a centred digit is a fragment); none in a batch without a two-digit number, else the
+    plentiful single digits teach the halves to answer NO_DIGIT whatever they show. A tens digit read from a
+    half cannot lean on the digit next to it, so a 4 learnt from 49 alone is still a 4 beside an 8. The cut
+    moves by +-`jitter` x W because prints are not always centred in the box.
+    Returns views [K, T, C, H, W], their mask, units labels [K]."""
+    two = torch.nonzero(number >= 10).flatten().cpu()
+    one = torch.nonzero(number < 10).flatten().cpu()
+    one = one[torch.randperm(len(one))[:len(two)]]
+    src = torch.cat([two, one])
+    if len(src) == 0:
+        return x[:0], mask[:0], number[:0]
+    views, labels = [], []
+    for i in src.tolist():
+        cut = 0.5 + jitter * (2 * float(torch.rand(1)) - 1)
+        n = int(number[i])
+        for side, digit in (("L", n // 10), ("R", n % 10)):
+            views.append(half(x[i:i + 1], side, cut))
+            labels.append(digit if n >= 10 else NO_DIGIT)
+    idx = src.to(mask.device).repeat_interleave(2)
+    return torch.cat(views), mask[idx], torch.tensor(labels, device=number.device)

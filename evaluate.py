@@ -3,6 +3,7 @@
     python evaluate.py --checkpoint checkpoints/best_model.pth
     python evaluate.py --checkpoint checkpoints/best_model.pth --test_classes=44,46,68 --stability
     python evaluate.py --checkpoint ... --split=val          # the seen-number validation split instead
+    python evaluate.py --checkpoint ... --tune_tau           # tau and the split threshold re-tuned on seen validation
 
 The model and data settings come from the checkpoint; any --field=value overrides them.
 """
@@ -77,13 +78,24 @@ def rule_logit_adjusted(p_tens, p_units, log_prior_tens, tau=1.0):
     return adj.argmax(1), p_units.argmax(1)
 
 
+def rule_split(p_tens, p_units, p_left, p_right, threshold=0.5):
+    """The split reader (--split_views): two digits read from the left and the right half of the crop when both
+    halves hold a whole digit (the left one 1..9) and P(left) x P(right) > threshold, else the whole-crop argmax.
+    p_left, p_right: [N, 11], index NO_DIGIT = a fragment. Returns tens, units and the answer's confidence."""
+    t, u = rule_argmax(p_tens, p_units)
+    (pl, a), (pr, b) = p_left.max(1), p_right.max(1)
+    two = (a >= 1) & (a <= 9) & (b <= 9) & (pl * pr > threshold)
+    conf = p_tens.gather(1, t[:, None]).squeeze(1) * p_units.gather(1, u[:, None]).squeeze(1)
+    return torch.where(two, a, t), torch.where(two, b, u), torch.where(two, pl * pr, conf)
+
+
 def number_prob(p_tens, p_units, n: int) -> float:
     t, u = dataset.decompose(n)
     return float(p_tens[t] * p_units[u])
 
 
-def decode_all(p_tens, p_units, cfg, log_prior_tens) -> dict:
-    """Every rule at once: rule -> (tens, units, number, confidence)."""
+def decode_all(p_tens, p_units, cfg, log_prior_tens, halves=None) -> dict:
+    """Every rule at once: rule -> (tens, units, number, confidence). `split` only with halves (p_left, p_right)."""
     fns = {
         "argmax": lambda: rule_argmax(p_tens, p_units),
         "anti_empty": lambda: rule_anti_empty(p_tens, p_units, cfg.anti_empty_threshold),
@@ -92,22 +104,37 @@ def decode_all(p_tens, p_units, cfg, log_prior_tens) -> dict:
         "vote": lambda: rule_vote(p_tens, p_units, cfg.vote_thresholds),
         "logit_adjusted": lambda: rule_logit_adjusted(p_tens, p_units, log_prior_tens, cfg.logit_tau),
     }
+    if halves is not None:
+        fns["split"] = lambda: rule_split(p_tens, p_units, *halves, cfg.split_threshold)
     out = {}
     for name, fn in fns.items():
-        t, u = fn()
-        conf = p_tens.gather(1, t[:, None]).squeeze(1) * p_units.gather(1, u[:, None]).squeeze(1)
+        t, u, *conf = fn()
+        conf = conf[0] if conf else p_tens.gather(1, t[:, None]).squeeze(1) * p_units.gather(1, u[:, None]).squeeze(1)
         out[name] = (t, u, dataset.reconstruct(t, u), conf)
     return out
 
 
-def tune_tau(res, train_counts, taus=tuple(np.round(np.arange(0, 2.01, 0.25), 2))) -> float:
-    """The tau whose logit-adjusted decoding has the best mean per-number accuracy on `res` (seen validation)."""
-    prior = tens_log_prior(train_counts)
+def halves_of(res):
+    return (res["p_left"], res["p_right"]) if "p_left" in res else None
 
-    def balanced(tau):
-        pred = dataset.reconstruct(*rule_logit_adjusted(res["p_tens"], res["p_units"], prior, tau))
-        return np.mean([v["accuracy"] for v in per_number(res["number"], pred).values()])
-    return float(max(taus, key=lambda t: (balanced(t), -t)))
+
+def tune(res, decode, grid) -> float:
+    """The value in `grid` whose decoding (value -> tens, units, ...) has the best mean per-number accuracy on `res`
+    (seen validation, where the few two-digit numbers count as much as the many single digits). Ties go to the
+    earlier value: list the grid from the mildest change to the decoding."""
+    def balanced(v):
+        pred = dataset.reconstruct(*decode(v)[:2])
+        return np.mean([m["accuracy"] for m in per_number(res["number"], pred).values()])
+    return float(max(grid, key=balanced))
+
+
+def tune_tau(res, train_counts, taus=tuple(np.round(np.arange(0, 2.01, 0.25), 2))) -> float:
+    prior = tens_log_prior(train_counts)
+    return tune(res, lambda tau: rule_logit_adjusted(res["p_tens"], res["p_units"], prior, tau), taus)
+
+
+def tune_split_threshold(res, grid=tuple(np.round(np.arange(1.0, -0.01, -0.1), 1))) -> float:
+    return tune(res, lambda th: rule_split(res["p_tens"], res["p_units"], *halves_of(res), th), grid)
 
 
 def tens_log_prior(train_counts: dict) -> torch.Tensor:
@@ -138,7 +165,7 @@ def per_number(true_n, pred_n) -> dict:
 
 
 def score(res, cfg, train_counts) -> dict:
-    decoded = decode_all(res["p_tens"], res["p_units"], cfg, tens_log_prior(train_counts))
+    decoded = decode_all(res["p_tens"], res["p_units"], cfg, tens_log_prior(train_counts), halves_of(res))
     base = decoded["argmax"][2]
     return {name: rule_metrics(*d, res, base) for name, d in decoded.items()}, decoded
 
@@ -253,6 +280,9 @@ def main(argv=None):
         val = res if extra["split"] == "val" else run_split(model, cfg, "val", device, dtype)[0]
         cfg.logit_tau = tune_tau(val, train_counts)
         log.info("logit adjustment tau %.2f (tuned on seen-number validation)", cfg.logit_tau)
+        if halves_of(val) is not None:
+            cfg.split_threshold = tune_split_threshold(val)
+            log.info("split threshold %.1f (tuned on seen-number validation)", cfg.split_threshold)
     rules, decoded = score(res, cfg, train_counts)
     t, u, num, conf = decoded[cfg.rule]
     results = {

@@ -172,13 +172,25 @@ def run(net, samples, store, picks, cfg, device, dtype, desc="predict") -> dict:
     return train.predict_loader(net, loader, device, dtype, cfg, desc=desc)
 
 
-def rows(res, samples, picks, threshold: float) -> list[dict]:
+def answers(res, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """(number, confidence) per tracklet: the split rule's for a model that reads the crop's halves and is set to
+    use it (--method=split), else the most probable number."""
+    if cfg.rule == "split" and "p_left" in res:
+        t, u, conf = evaluate.rule_split(res["p_tens"], res["p_units"], res["p_left"], res["p_right"],
+                                         cfg.split_threshold)
+        return dataset.reconstruct(t, u), conf
+    conf, number = res["p_num"].max(1)
+    return number, conf
+
+
+def rows(res, samples, picks, threshold: float, cfg) -> list[dict]:
     """One JSON-ready record per tracklet, in input order."""
     top_p, top_n = res["p_num"].topk(3, dim=1)
+    number, confidence = answers(res, cfg)
     out = []
     for k, i in enumerate(res["index"].tolist()):
-        s, conf = samples[i], float(top_p[k, 0])
-        row = {"tracklet": s.path, "prediction": int(top_n[k, 0]), "confidence": round(conf, 4),
+        s, conf = samples[i], float(confidence[k])
+        row = {"tracklet": s.path, "prediction": int(number[k]), "confidence": round(conf, 4),
                "uncertain": conf < threshold,
                "top3": [{"number": int(n), "probability": round(float(p), 4)} for n, p in zip(top_n[k], top_p[k])],
                "tens_probs": {**{str(d): round(float(res["p_tens"][k, d]), 4) for d in range(10)},
@@ -369,12 +381,12 @@ def main(argv=None):
         res = run(int8, samples, store, picks, cfg, device, None, desc="predict int8")
         res_fp32 = run(net, samples, store, picks, cfg, device, None, desc="predict float (for comparison)")
         meta["quantization"] = compare_int8(net, int8, res_fp32, res)
-        ref = summary(rows(res_fp32, samples, picks, threshold))
+        ref = summary(rows(res_fp32, samples, picks, threshold, cfg))
         if "accuracy" in ref:
             meta["quantization"]["fp32_accuracy"] = ref["accuracy"]
     else:
         res = run(model_lib.fused_for_inference(net), samples, store, picks, cfg, device, dtype)
-    preds = rows(res, samples, picks, threshold)
+    preds = rows(res, samples, picks, threshold, cfg)
     meta.update(summary(preds))
     if extra["quantize"] and "accuracy" in meta:
         meta["quantization"]["int8_accuracy"] = meta["accuracy"]

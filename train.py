@@ -180,16 +180,20 @@ def train_one_epoch(model, criterion, optimizer, loader, device, dtype, scaler, 
             break
         seen += batch["index"].tolist()
         x, mask, tens, units, number = prepare_batch(batch, cfg, device, train=True, glyphs=glyphs)
+        views = dataset.half_views(x, mask, number) if cfg.split_views > 0 else None
         mix = cfg.mixup_alpha > 0 and random.random() < cfg.mixup_prob
         lam, perm = (np.random.beta(cfg.mixup_alpha, cfg.mixup_alpha), torch.randperm(x.shape[0], device=device)) \
             if mix else (1.0, None)
         if mix:
             x = lam * x + (1 - lam) * x[perm]
         with utils.autocast(device, dtype):
-            out = model(x, mask)
+            out, half_logits = forward_with_views(model, x, mask, views)
         loss = lam * criterion(out, tens, units, number)
         if mix:
             loss = loss + (1 - lam) * criterion(out, tens[perm], units[perm], number[perm])
+        if half_logits is not None:  # unweighted: NO_DIGIT exists only here, and every digit is as welcome
+            loss = loss + cfg.split_views * F.cross_entropy(half_logits.float(), views[2],
+                                                            label_smoothing=cfg.label_smoothing)
         if not torch.isfinite(loss):
             # one bad batch should not poison the weights; many in a row means the run is broken
             totals["skipped_steps"] += 1
@@ -214,11 +218,27 @@ def train_one_epoch(model, criterion, optimizer, loader, device, dtype, scaler, 
     return {"loss": totals["loss"] / max(totals["n"], 1), "skipped_steps": totals["skipped_steps"], "indices": seen}
 
 
+def forward_with_views(model, x, mask, views):
+    """One forward pass over the batch and the half views (one pass: BatchNorm sees both). Returns the batch's
+    outputs and the views' units logits (None without views)."""
+    if views is None or len(views[0]) == 0:
+        return model(x, mask), None
+    B = x.shape[0]
+    out = model(torch.cat([x, views[0]]), torch.cat([mask, views[1]]))
+    return {k: v[:B] for k, v in out.items()}, out["units"][B:]
+
+
+def read_halves(model, x, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """Units-head probabilities (11 classes, NO_DIGIT last) of the left and the right half of every tracklet."""
+    return tuple(torch.softmax(model(dataset.half(x, side), mask)["units"].float(), 1) for side in "LR")
+
+
 @torch.inference_mode()
 def predict_loader(model, loader, device, dtype, cfg, criterion=None, desc="eval"):
     """Run the model over a loader; returns probabilities, labels, attention and (optionally) the mean loss."""
     model.eval()
-    keep = {k: [] for k in ("p_num", "p_tens", "p_units", "tens", "units", "number", "index", "attention", "logits")}
+    keep = {k: [] for k in ("p_num", "p_tens", "p_units", "tens", "units", "number", "index", "attention", "logits",
+                            *(("p_left", "p_right") if cfg.split_views > 0 else ()))}
     loss_sum, n = 0.0, 0
     for step, batch in enumerate(tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)):
         if cfg.max_steps and step >= cfg.max_steps:
@@ -226,12 +246,14 @@ def predict_loader(model, loader, device, dtype, cfg, criterion=None, desc="eval
         x, mask, tens, units, number = prepare_batch(batch, cfg, device, train=False)
         with utils.autocast(device, dtype):
             out = model(x, mask)
+            halves = read_halves(model, x, mask) if cfg.split_views > 0 else ()
         if criterion is not None:
             loss_sum += criterion(out, tens, units, number).item() * x.shape[0]
         n += x.shape[0]
         p_num, p_tens, p_units = model_lib.probabilities(out)
         logits = out["tens"].float() if "tens" in out else out["number"].float()
-        for k, v in zip(keep, (p_num, p_tens, p_units, tens, units, number, batch["index"], out["attention"], logits)):
+        for k, v in zip(keep, (p_num, p_tens, p_units, tens, units, number, batch["index"], out["attention"], logits,
+                               *halves)):
             keep[k].append(v.float().cpu() if v.is_floating_point() else v.cpu())
     res = {k: torch.cat(v) if v else torch.empty(0) for k, v in keep.items()}
     res["loss"], res["n"] = loss_sum / max(n, 1), n
@@ -272,6 +294,12 @@ def uncertain_threshold(res, percentile: float = 5.0, fallback: float = 0.5) -> 
     if not bool(ok.any()):
         return fallback
     return round(float(np.percentile(conf[ok].numpy(), percentile)), 4)
+
+
+def split_threshold(res) -> float:
+    """The split rule's threshold for these weights, tuned on their validation predictions (see evaluate)."""
+    import evaluate  # evaluate imports this module
+    return evaluate.tune_split_threshold(res)
 
 
 def checkpoint_state(model, optimizer, scheduler, scaler, cfg, epoch, best_acc, history, stopper, extra=None):
@@ -513,6 +541,8 @@ def main(argv=None):
                      epoch + 1, cfg.epochs, tr["loss"], res["loss"], m["acc"], m["tens_acc"], m["units_acc"],
                      row["seconds"], "  *best*" if improved else "")
             extras["uncertain_threshold"] = uncertain_threshold(res)  # each checkpoint: its own weights' value
+            if cfg.split_views > 0 and "split_threshold" not in getattr(cfg, "_explicit", ()):
+                cfg.split_threshold = split_threshold(res)  # stored in the config the checkpoint carries
             if improved:
                 best_threshold = extras["uncertain_threshold"]
             if rank == 0:
