@@ -127,7 +127,7 @@ def summarize(rows) -> list[dict]:
         runs = [r for r in rows if r["split"] == split and r["method"] == method]
         entry = {"split": split, "method": method, "seeds": [r["seed"] for r in runs]}
         for key in ("val", "heldout", "extra_unseen"):
-            for rule in ("argmax", "anti_empty", "logit_adjusted", "split"):
+            for rule in ("argmax", "anti_empty", "logit_adjusted", "split", "halves"):
                 _mean_std(entry, f"{key}_{rule}", [r[key][rule] for r in runs if rule in r.get(key, {})])
         for key in ("val_two_digit", "heldout_one_digit", "heldout_seen_number"):
             _mean_std(entry, key, [r[key] for r in runs if r.get(key) is not None])
@@ -144,6 +144,7 @@ def markdown(summary, args) -> str:
     cols = [("seen val", "val_argmax"), ("seen two-digit", "val_two_digit"), ("held-out", "heldout_argmax"),
             ("held-out anti_empty", "heldout_anti_empty"), ("held-out logit adj. (tau on val)", "heldout_logit_adjusted"),
             ("held-out split read (threshold on val)", "heldout_split"), ("seen val split read", "val_split"),
+            ("held-out halves rule", "heldout_halves"), ("seen val halves rule", "val_halves"),
             ("held-out answered with one digit", "heldout_one_digit"),
             ("held-out answered with a seen two-digit number", "heldout_seen_number"),
             ("other unseen", "extra_unseen_argmax"), ("other unseen anti_empty", "extra_unseen_anti_empty")]

@@ -111,6 +111,8 @@ class Config:
     vote_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6])
     logit_tau: float = 1.0               # tau of post-hoc logit adjustment of the tens head
     split_threshold: float = 0.5         # split rule: two digits when P(left digit) x P(right digit) is above this
+    read_halves: bool = False            # evaluation: also read the crop's left and right halves (rules split, halves);
+                                         # implied by split_views
 
     def validate(self) -> list[str]:
         """Every problem at once, as readable messages; raises nothing."""
@@ -157,9 +159,10 @@ class Config:
             (self.lstm_layers >= 1 and self.lstm_hidden >= 1, "lstm_layers and lstm_hidden must be >= 1"),
             (self.ctc_columns >= 3, "ctc_columns must be >= 3 (88 is read as 8, blank, 8)"),
             (self.split_views >= 0 and 0 <= self.split_threshold <= 1, "split_views >= 0, split_threshold in [0, 1]"),
-            (self.split_views == 0 or self.head == "digits", "split_views needs --head=digits (its units head reads "
-                                                              "the halves)"),
-            (self.rule != "split" or self.split_views > 0, "rule=split needs a model trained with --split_views"),
+            (not self.reads_halves() or self.head == "digits", "split_views and read_halves need --head=digits (its "
+                                                               "units head reads the halves)"),
+            (self.rule not in ("split", "halves") or self.reads_halves(), "rule=split or halves needs --read_halves "
+                                                                          "(or a model trained with --split_views)"),
         ]
         e += [msg for ok, msg in checks if not ok]
         choices = {
@@ -168,12 +171,15 @@ class Config:
             "reader": ("pooled", "positional"), "compose_mode": ("splice", "paste"),
             "class_weight": ("effective_number", "balanced", "none"), "split_by": ("sequence", "sample"),
             "loss": ("ce", "logit_adjusted", "balanced_softmax"), "method": METHODS,
-            "rule": ("argmax", "anti_empty", "confidence", "same_digit", "vote", "logit_adjusted", "split"),
+            "rule": ("argmax", "anti_empty", "confidence", "same_digit", "vote", "logit_adjusted", "split", "halves"),
         }
         e += [f"{k} must be one of {v}, got {getattr(self, k)!r}" for k, v in choices.items() if getattr(self, k) not in v]
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             e.append(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         return e
+
+    def reads_halves(self) -> bool:
+        return self.split_views > 0 or self.read_halves
 
     def warnings(self) -> list[str]:
         import torch

@@ -89,13 +89,25 @@ def rule_split(p_tens, p_units, p_left, p_right, threshold=0.5):
     return torch.where(two, a, t), torch.where(two, b, u), torch.where(two, pl * pr, conf)
 
 
+def rule_halves(p_tens, p_units, p_left, p_right):
+    """Where the whole crop's argmax has a tens digit, take both digits from the crop's halves instead (the best
+    1..9 of the left half, the best 0..9 of the right): the whole crop decides one digit or two, the halves say
+    which, each without seeing its neighbour. Returns tens, units and the answer's confidence."""
+    t, u = rule_argmax(p_tens, p_units)
+    (pl, a), (pr, b) = p_left[:, 1:10].max(1), p_right[:, :10].max(1)
+    two = t != EMPTY
+    conf = p_tens.gather(1, t[:, None]).squeeze(1) * p_units.gather(1, u[:, None]).squeeze(1)
+    return torch.where(two, a + 1, t), torch.where(two, b, u), torch.where(two, pl * pr, conf)
+
+
 def number_prob(p_tens, p_units, n: int) -> float:
     t, u = dataset.decompose(n)
     return float(p_tens[t] * p_units[u])
 
 
 def decode_all(p_tens, p_units, cfg, log_prior_tens, halves=None) -> dict:
-    """Every rule at once: rule -> (tens, units, number, confidence). `split` only with halves (p_left, p_right)."""
+    """Every rule at once: rule -> (tens, units, number, confidence). `split` and `halves` only with the halves'
+    probabilities (p_left, p_right)."""
     fns = {
         "argmax": lambda: rule_argmax(p_tens, p_units),
         "anti_empty": lambda: rule_anti_empty(p_tens, p_units, cfg.anti_empty_threshold),
@@ -105,13 +117,19 @@ def decode_all(p_tens, p_units, cfg, log_prior_tens, halves=None) -> dict:
         "logit_adjusted": lambda: rule_logit_adjusted(p_tens, p_units, log_prior_tens, cfg.logit_tau),
     }
     if halves is not None:
-        fns["split"] = lambda: rule_split(p_tens, p_units, *halves, cfg.split_threshold)
+        fns |= half_rules(p_tens, p_units, halves, cfg)
     out = {}
     for name, fn in fns.items():
         t, u, *conf = fn()
         conf = conf[0] if conf else p_tens.gather(1, t[:, None]).squeeze(1) * p_units.gather(1, u[:, None]).squeeze(1)
         out[name] = (t, u, dataset.reconstruct(t, u), conf)
     return out
+
+
+def half_rules(p_tens, p_units, halves, cfg) -> dict:
+    """The rules that read the crop's halves: name -> () -> (tens, units, confidence)."""
+    return {"split": lambda: rule_split(p_tens, p_units, *halves, cfg.split_threshold),
+            "halves": lambda: rule_halves(p_tens, p_units, *halves)}
 
 
 def halves_of(res):

@@ -173,11 +173,10 @@ def run(net, samples, store, picks, cfg, device, dtype, desc="predict") -> dict:
 
 
 def answers(res, cfg) -> tuple[torch.Tensor, torch.Tensor]:
-    """(number, confidence) per tracklet: the split rule's for a model that reads the crop's halves and is set to
-    use it (--method=split), else the most probable number."""
-    if cfg.rule == "split" and "p_left" in res:
-        t, u, conf = evaluate.rule_split(res["p_tens"], res["p_units"], res["p_left"], res["p_right"],
-                                         cfg.split_threshold)
+    """(number, confidence) per tracklet: the split or halves rule's when set to use it (--rule, --method=split),
+    else the most probable number."""
+    if cfg.rule in ("split", "halves") and "p_left" in res:
+        t, u, conf = evaluate.half_rules(res["p_tens"], res["p_units"], evaluate.halves_of(res), cfg)[cfg.rule]()
         return dataset.reconstruct(t, u), conf
     conf, number = res["p_num"].max(1)
     return number, conf

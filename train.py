@@ -238,7 +238,7 @@ def predict_loader(model, loader, device, dtype, cfg, criterion=None, desc="eval
     """Run the model over a loader; returns probabilities, labels, attention and (optionally) the mean loss."""
     model.eval()
     keep = {k: [] for k in ("p_num", "p_tens", "p_units", "tens", "units", "number", "index", "attention", "logits",
-                            *(("p_left", "p_right") if cfg.split_views > 0 else ()))}
+                            *(("p_left", "p_right") if cfg.reads_halves() else ()))}
     loss_sum, n = 0.0, 0
     for step, batch in enumerate(tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)):
         if cfg.max_steps and step >= cfg.max_steps:
@@ -246,7 +246,7 @@ def predict_loader(model, loader, device, dtype, cfg, criterion=None, desc="eval
         x, mask, tens, units, number = prepare_batch(batch, cfg, device, train=False)
         with utils.autocast(device, dtype):
             out = model(x, mask)
-            halves = read_halves(model, x, mask) if cfg.split_views > 0 else ()
+            halves = read_halves(model, x, mask) if cfg.reads_halves() else ()
         if criterion is not None:
             loss_sum += criterion(out, tens, units, number).item() * x.shape[0]
         n += x.shape[0]

@@ -91,11 +91,26 @@ def test_split_rule_only_with_halves_and_its_threshold_is_tuned_on_validation():
 
 
 def test_split_config_errors():
-    for argv, msg in ((["--rule=split"], "rule=split needs"), (["--split_views=1", "--head=ctc"], "needs --head=digits")):
+    for argv, msg in ((["--rule=split"], "rule=split or halves needs"), (["--rule=halves"], "rule=split or halves"),
+                      (["--split_views=1", "--head=ctc"], "need --head=digits"),
+                      (["--read_halves", "--head=compositional"], "need --head=digits")):
         with pytest.raises(config.ConfigError, match=msg):
             config.load(argv)
     cfg, _ = config.load(["--method=split"])
     assert cfg.split_views == 1.0 and cfg.rule == "split" and cfg.crop == config.TORSO_CROP
+    assert config.load(["--read_halves", "--rule=halves"])[0].reads_halves()
+
+
+def test_halves_rule_takes_both_digits_from_the_halves_where_the_whole_crop_reads_two():
+    # whole crop: 49 (a memorised number), 8 (one digit). Halves: 4 and 8 for both; the left half's fragment
+    # class and a 0 never become a tens digit
+    pt, pu = one_hot([(4, 0.9), (EMPTY, 0.9), (6, 0.9)], 11), one_hot([(9, 0.9), (8, 0.9), (6, 0.9)], 10)
+    pl = one_hot([(4, 0.6), (4, 0.6), (NO_DIGIT, 0.5)], 11)
+    pl[2, 0], pl[2, 8] = 0.3, 0.15
+    pr = one_hot([(8, 0.6)] * 3, 11)
+    t, u, conf = ev.rule_halves(pt, pu, pl, pr)
+    assert dataset.reconstruct(t, u).tolist() == [48, 8, 88]
+    assert abs(float(conf[0]) - 0.36) < 1e-6 and abs(float(conf[1]) - 0.81) < 1e-6
 
 
 def test_training_with_split_views_then_evaluate_and_predict_answer_with_the_split_rule(tmp_path):
@@ -109,16 +124,22 @@ def test_training_with_split_views_then_evaluate_and_predict_answer_with_the_spl
     assert threshold in [round(0.1 * k, 1) for k in range(11)]
     res = ev.main([f"--checkpoint={ckpt}", f"--out={tmp_path}/eval.json", f"--results_dir={tmp_path}/res",
                    f"--cache_dir={tmp_path}/cache"])
-    assert res["rule"] == "split" and set(res["rules"]) == set(ev.RULES) | {"split"}
+    assert res["rule"] == "split" and set(res["rules"]) == set(ev.RULES) | {"split", "halves"}
     assert res["accuracy"] == res["rules"]["split"]["accuracy"] and len(res["predictions"]) == 3
     assert res["config"]["split_threshold"] == threshold
     preds, _ = predict.main(["--checkpoint", ckpt, str(root / "48"), "--out", str(tmp_path / "p.json"),
                              f"--cache_dir={tmp_path}/cache"])
     by_path = {p["path"]: p["pred"] for p in res["predictions"]}
     assert {p["tracklet"]: p["prediction"] for p in preds} == by_path
+    # any digits model reads the halves at evaluation with --read_halves; predict.py follows --rule=halves
+    flags = ["--split_views=0", "--read_halves", "--rule=halves", f"--cache_dir={tmp_path}/cache"]
+    res = ev.main([f"--checkpoint={ckpt}", f"--out={tmp_path}/eval_h.json", f"--results_dir={tmp_path}/res", *flags])
+    assert res["accuracy"] == res["rules"]["halves"]["accuracy"] and {"split", "halves"} <= set(res["rules"])
+    preds, _ = predict.main(["--checkpoint", ckpt, str(root / "48"), "--out", str(tmp_path / "p.json"), *flags])
+    assert {p["tracklet"]: p["prediction"] for p in preds} == {p["path"]: p["pred"] for p in res["predictions"]}
 
 
-def test_predict_answers_with_the_split_rule_only_when_set_to():
+def test_predict_answers_with_the_split_or_halves_rule_only_when_set_to():
     pt, pu = one_hot([(EMPTY, 0.9)], 11), one_hot([(8, 0.9)], 10)
     res = {"p_tens": pt, "p_units": pu, "p_num": model_lib.number_probs(pt, pu),
            "p_left": one_hot([(4, 0.9)], 11), "p_right": one_hot([(8, 0.9)], 11)}
@@ -127,3 +148,9 @@ def test_predict_answers_with_the_split_rule_only_when_set_to():
     assert number.tolist() == [48] and abs(float(conf[0]) - 0.81) < 1e-6
     cfg.rule = "argmax"
     assert predict.answers(res, cfg)[0].tolist() == [8]
+    res["p_tens"] = one_hot([(4, 0.9)], 11)  # the whole crop reads 49; the halves say 4 and 8
+    res["p_units"] = one_hot([(9, 0.9)], 10)
+    res["p_num"] = model_lib.number_probs(res["p_tens"], res["p_units"])
+    assert predict.answers(res, cfg)[0].tolist() == [49]
+    cfg.rule = "halves"
+    assert predict.answers(res, cfg)[0].tolist() == [48]
