@@ -10,7 +10,8 @@ evaluation (seq_len frames, eval_sampling, anchor frames ignored unless --eval_a
 padded by repeating their last frame, so one frame is enough, and long ones keep
 dataset.MAX_TRACKLET_FRAMES evenly spaced frames to pick from.
 
-Per tracklet: predicted number, confidence (its probability in the model's distribution over 0..99), top-3
+Per tracklet: predicted number, confidence (its probability in the model's distribution over 0..99; with
+--rule=split or halves, a number read from the crop's halves has P(left digit) x P(right digit)), top-3
 numbers, per-digit probabilities, the temporal attention weight of every frame (next to the file it refers to)
 and `uncertain: true` when confidence < --uncertain_below. That threshold defaults to the one train.py chose on
 the checkpoint's validation predictions (see train.uncertain_threshold), else 0.5.
