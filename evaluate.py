@@ -82,22 +82,29 @@ def rule_split(p_tens, p_units, p_left, p_right, threshold=0.5):
     """The split reader (--split_views): two digits read from the left and the right half of the crop when both
     halves hold a whole digit (the left one 1..9) and P(left) x P(right) > threshold, else the whole-crop argmax.
     p_left, p_right: [N, 11], index NO_DIGIT = a fragment. Returns tens, units and the answer's confidence."""
-    t, u = rule_argmax(p_tens, p_units)
     (pl, a), (pr, b) = p_left.max(1), p_right.max(1)
     two = (a >= 1) & (a <= 9) & (b <= 9) & (pl * pr > threshold)
-    conf = p_tens.gather(1, t[:, None]).squeeze(1) * p_units.gather(1, u[:, None]).squeeze(1)
-    return torch.where(two, a, t), torch.where(two, b, u), torch.where(two, pl * pr, conf)
+    return _halves_or_argmax(p_tens, p_units, two, a, b, pl * pr)
 
 
 def rule_halves(p_tens, p_units, p_left, p_right):
     """Where the whole crop's argmax has a tens digit, take both digits from the crop's halves instead (the best
     1..9 of the left half, the best 0..9 of the right): the whole crop decides one digit or two, the halves say
     which, each without seeing its neighbour. Returns tens, units and the answer's confidence."""
-    t, u = rule_argmax(p_tens, p_units)
     (pl, a), (pr, b) = p_left[:, 1:10].max(1), p_right[:, :10].max(1)
-    two = t != EMPTY
-    conf = p_tens.gather(1, t[:, None]).squeeze(1) * p_units.gather(1, u[:, None]).squeeze(1)
-    return torch.where(two, a + 1, t), torch.where(two, b, u), torch.where(two, pl * pr, conf)
+    return _halves_or_argmax(p_tens, p_units, p_tens.argmax(1) != EMPTY, a + 1, b, pl * pr)
+
+
+def _halves_or_argmax(p_tens, p_units, two, a, b, conf_two):
+    """Digits (a, b) with confidence conf_two where `two`, the whole crop's argmax and its confidence elsewhere."""
+    t, u = rule_argmax(p_tens, p_units)
+    conf = torch.where(two, conf_two, digit_confidence(p_tens, p_units, t, u))
+    return torch.where(two, a, t), torch.where(two, b, u), conf
+
+
+def digit_confidence(p_tens, p_units, t, u):
+    """P(tens = t) x P(units = u), per row."""
+    return p_tens.gather(1, t[:, None]).squeeze(1) * p_units.gather(1, u[:, None]).squeeze(1)
 
 
 def number_prob(p_tens, p_units, n: int) -> float:
@@ -121,7 +128,7 @@ def decode_all(p_tens, p_units, cfg, log_prior_tens, halves=None) -> dict:
     out = {}
     for name, fn in fns.items():
         t, u, *conf = fn()
-        conf = conf[0] if conf else p_tens.gather(1, t[:, None]).squeeze(1) * p_units.gather(1, u[:, None]).squeeze(1)
+        conf = conf[0] if conf else digit_confidence(p_tens, p_units, t, u)
         out[name] = (t, u, dataset.reconstruct(t, u), conf)
     return out
 
