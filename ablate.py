@@ -53,6 +53,12 @@ METHODS |= {f"torso_{m}": METHODS["torso_crop"] + METHODS[m] for m in ("ctc_nomi
 # each half of the crop read on its own, so a tens digit cannot lean on its neighbour (train.read_halves)
 METHODS["torso_split"] = ["--method=split"]
 METHODS["torso_split_paste"] = ["--method=split", "--compose_prob=0.25", "--compose_mode=paste"]
+# each digit of a two-digit print also read with the other painted over (dataset.erased_views)
+METHODS["torso_erase"] = ["--method=erase"]
+METHODS["torso_erase_0.2"] = ["--method=erase", "--erase_views=0.2"]
+# pooled features cannot say where a digit is; the positional reader keeps left and right apart
+METHODS["torso_positional"] = ["--method=torso", "--reader=positional"]
+METHODS["torso_erase_positional"] = ["--method=erase", "--reader=positional"]
 HARD_TRAIN, HARD_TEST = synth.HARD_TRAIN, synth.HARD_TEST  # the harder split, defined in synth.py
 
 

@@ -19,7 +19,7 @@ TORSO_CROP = [0.0, 0.05, 1.0, 0.65]
 FULL_FRAME = (0.0, 0.0, 1.0, 1.0)
 
 METHODS = ("torso", "original", "suppress", "logit_adjust", "balanced_softmax", "compositional", "compose", "ctc",
-           "split")
+           "split", "erase")
 
 
 @dataclass
@@ -89,6 +89,8 @@ class Config:
     glyph_images: int = 5000             # renders in that bank (made once per run)
     split_views: float = 0.0             # >0: also train the units head on the left/right halves of the crop (one digit
                                          # each, or a fragment), loss weight this; enables the `split` rule
+    erase_views: float = 0.0             # >0: also train each head on the two-digit tracklets with the other digit's
+                                         # half painted over (dataset.erased_views), loss weight this
     patience: int = 10
     min_delta: float = 0.001
     amp: bool = True                     # float16 + GradScaler on CUDA, bfloat16 autocast on CPUs that support it
@@ -159,6 +161,8 @@ class Config:
             (self.lstm_layers >= 1 and self.lstm_hidden >= 1, "lstm_layers and lstm_hidden must be >= 1"),
             (self.ctc_columns >= 3, "ctc_columns must be >= 3 (88 is read as 8, blank, 8)"),
             (self.split_views >= 0 and 0 <= self.split_threshold <= 1, "split_views >= 0, split_threshold in [0, 1]"),
+            (self.erase_views >= 0, "erase_views must be >= 0"),
+            (self.erase_views == 0 or self.head == "digits", "erase_views needs --head=digits (a tens and a units head)"),
             (not self.reads_halves() or self.head == "digits", "split_views and read_halves need --head=digits (its "
                                                                "units head reads the halves)"),
             (self.rule not in ("split", "halves") or self.reads_halves(), "rule=split or halves needs --read_halves "
@@ -213,6 +217,7 @@ def apply_method(cfg: Config) -> Config:
         "compositional": {"head": "compositional", "class_weight": "none", "loss": "balanced_softmax"},
         "compose": {"compose_prob": 0.5},
         "split": {"split_views": 1.0, "rule": "split"},  # the torso band, each half also read alone
+        "erase": {"erase_views": 1.0},  # the torso band, each digit of a two-digit print also read with the other hidden
         "ctc": {"head": "ctc", "mixup_prob": 0.0},  # MixUp overlays two prints; off, seen val +1.9 (report 6.6)
     }
     explicit = getattr(cfg, "_explicit", set())

@@ -531,6 +531,34 @@ def half(x: torch.Tensor, side: str, cut: float = 0.5) -> torch.Tensor:
     return out.to(x.dtype).view(B, T, C, H, W)
 
 
+def _jittered_cut(W: int, jitter: float) -> int:
+    """A column near the middle: prints are not always centred in the box."""
+    return min(max(int(round((0.5 + jitter * (2 * float(torch.rand(1)) - 1)) * W)), 2), W - 2)
+
+
+def erased_views(x, mask, number, jitter: float = 0.08):
+    """Training views for --erase_views, each a tracklet with the part of every frame on one side of a cut near
+    the middle painted in that part's mean colour. Tens-head views (right part painted): every two-digit
+    tracklet in the batch, labelled with its tens digit, and as many single digits, labelled EMPTY (half of a
+    centred digit is no tens digit). Units-head views (left part painted): the two-digit tracklets, labelled
+    with their units digit. The digit left standing keeps its place and size, so the tens head has to read the
+    4 of 49 without the 9 beside it: "the left digit is 4", not "this looks like 49". Without the EMPTY views
+    every tens view would hold a digit and the tens head would learn that anything left of centre is one.
+    Returns views [K, T, C, H, W], their mask, labels [K] and head [K] (0 tens, 1 units)."""
+    two = torch.nonzero(number >= 10).flatten()
+    one = torch.nonzero(number < 10).flatten()
+    one = one[torch.randperm(len(one), device=one.device)[:len(two)]]
+    src = torch.cat([two, one, two])
+    head = torch.cat([torch.zeros(len(two) + len(one)), torch.ones(len(two))]).long().to(number.device)
+    labels = torch.cat([number[two] // 10, torch.full_like(number[one], EMPTY), number[two] % 10])
+    views = x[src].clone()
+    for k in range(len(src)):
+        c = _jittered_cut(x.shape[-1], jitter)
+        part = views[k, ..., c:] if head[k] == 0 else views[k, ..., :c]
+        part.copy_(part.mean(dim=(-2, -1), keepdim=True).expand_as(part))
+    return views, mask[src], labels, head
+
+
 def half_views(x, mask, number, jitter: float = 0.08):
     """Training views for the split reader (--split_views): the left and right halves of each two-digit tracklet
     in the batch, labelled with its tens and its units digit, and of as many single-digit tracklets, labelled
@@ -547,7 +575,7 @@ def half_views(x, mask, number, jitter: float = 0.08):
         return x[:0], mask[:0], number[:0]
     views, labels = [], []
     for i in src.tolist():
-        cut = 0.5 + jitter * (2 * float(torch.rand(1)) - 1)
+        cut = _jittered_cut(x.shape[-1], jitter) / x.shape[-1]
         n = int(number[i])
         for side, digit in (("L", n // 10), ("R", n % 10)):
             views.append(half(x[i:i + 1], side, cut))

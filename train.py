@@ -180,20 +180,19 @@ def train_one_epoch(model, criterion, optimizer, loader, device, dtype, scaler, 
             break
         seen += batch["index"].tolist()
         x, mask, tens, units, number = prepare_batch(batch, cfg, device, train=True, glyphs=glyphs)
-        views = dataset.half_views(x, mask, number) if cfg.split_views > 0 else None
+        split = dataset.half_views(x, mask, number) if cfg.split_views > 0 else None
+        erased = dataset.erased_views(x, mask, number) if cfg.erase_views > 0 else None
         mix = cfg.mixup_alpha > 0 and random.random() < cfg.mixup_prob
         lam, perm = (np.random.beta(cfg.mixup_alpha, cfg.mixup_alpha), torch.randperm(x.shape[0], device=device)) \
             if mix else (1.0, None)
         if mix:
             x = lam * x + (1 - lam) * x[perm]
         with utils.autocast(device, dtype):
-            out, half_logits = forward_with_views(model, x, mask, views)
+            out, view_outs = forward_with_views(model, x, mask, split, erased)
         loss = lam * criterion(out, tens, units, number)
         if mix:
             loss = loss + (1 - lam) * criterion(out, tens[perm], units[perm], number[perm])
-        if half_logits is not None:  # unweighted: NO_DIGIT exists only here, and every digit is as welcome
-            loss = loss + cfg.split_views * F.cross_entropy(half_logits.float(), views[2],
-                                                            label_smoothing=cfg.label_smoothing)
+        loss = loss + view_loss(cfg, split, erased, *view_outs)
         if not torch.isfinite(loss):
             # one bad batch should not poison the weights; many in a row means the run is broken
             totals["skipped_steps"] += 1
@@ -218,14 +217,34 @@ def train_one_epoch(model, criterion, optimizer, loader, device, dtype, scaler, 
     return {"loss": totals["loss"] / max(totals["n"], 1), "skipped_steps": totals["skipped_steps"], "indices": seen}
 
 
-def forward_with_views(model, x, mask, views):
-    """One forward pass over the batch and the half views (one pass: BatchNorm sees both). Returns the batch's
-    outputs and the views' units logits (None without views)."""
-    if views is None or len(views[0]) == 0:
-        return model(x, mask), None
-    B = x.shape[0]
-    out = model(torch.cat([x, views[0]]), torch.cat([mask, views[1]]))
-    return {k: v[:B] for k, v in out.items()}, out["units"][B:]
+def forward_with_views(model, x, mask, *groups):
+    """One forward pass over the batch and every group of extra views (views, mask, labels; or None), so
+    BatchNorm sees them together. Returns the batch's outputs and, per group, its views' outputs (None when it
+    has no views)."""
+    used = [g for g in groups if g is not None and len(g[0])]
+    out = model(torch.cat([x, *(g[0] for g in used)]), torch.cat([mask, *(g[1] for g in used)])) if used \
+        else model(x, mask)
+    start, views_out = x.shape[0], []
+    for g in groups:
+        n = 0 if g is None else len(g[0])
+        views_out.append({k: v[start:start + n] for k, v in out.items()} if n else None)
+        start += n
+    return {k: v[:x.shape[0]] for k, v in out.items()}, views_out
+
+
+def view_loss(cfg, split, erased, split_out, erased_out):
+    """Extra loss of the half views (units head, NO_DIGIT for fragments) and of the erased views (each on the
+    head it is labelled for); unweighted, as every digit is as welcome there."""
+    def ce(logits, y):
+        return F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+    loss = 0.0
+    if split_out is not None:
+        loss = loss + cfg.split_views * ce(split_out["units"], split[2])
+    if erased_out is not None:
+        labels, head = erased[2], erased[3]
+        loss = loss + cfg.erase_views * sum(ce(erased_out[name][head == h], labels[head == h])
+                                            for h, name in enumerate(("tens", "units")) if (head == h).any())
+    return loss
 
 
 def read_halves(model, x, mask) -> tuple[torch.Tensor, torch.Tensor]:

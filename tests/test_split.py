@@ -1,4 +1,5 @@
-"""The split reader (--split_views / --method=split): half views, their labels, the split rule and its tuning."""
+"""Reading parts of the crop: the split reader (--split_views / --method=split: half views, their labels, the split
+rule and its tuning) and the erased views (--erase_views / --method=erase)."""
 import pytest
 import torch
 
@@ -154,3 +155,65 @@ def test_predict_answers_with_the_split_or_halves_rule_only_when_set_to():
     assert predict.answers(res, cfg)[0].tolist() == [49]
     cfg.rule = "halves"
     assert predict.answers(res, cfg)[0].tolist() == [48]
+
+
+def test_erased_views_hide_one_side_in_place_and_label_what_is_left():
+    torch.manual_seed(0)
+    number = torch.tensor([49, 6, 86, 4, 8])
+    x, mask = torch.rand(5, 3, 3, 8, 10), torch.tensor([[1, 1, 0]] * 5, dtype=torch.bool)
+    mask[2] = True
+    views, vmask, labels, head = dataset.erased_views(x, mask, number, jitter=0.0)
+    assert views.shape == (6, 3, 3, 8, 10) and vmask.shape == (6, 3)
+    # tens views: 49 -> 4, 86 -> 8, two single digits -> EMPTY; units views: 49 -> 9, 86 -> 6
+    assert labels.tolist() == [4, 8, EMPTY, EMPTY, 9, 6] and head.tolist() == [0, 0, 0, 0, 1, 1]
+    assert torch.equal(vmask[[0, 1, 4, 5]], mask[[0, 2, 0, 2]])
+    # what stays is untouched and in place; the painted side is one colour per frame and channel, its own mean
+    assert torch.equal(views[0, ..., :5], x[0, ..., :5]) and torch.equal(views[4, ..., 5:], x[0, ..., 5:])
+    painted = torch.cat([views[:4, ..., 5:], views[4:, ..., :5]])
+    assert (painted.amax(dim=(-2, -1)) - painted.amin(dim=(-2, -1))).abs().max() < 1e-6
+    assert torch.allclose(views[0, ..., 5:].mean(dim=(-2, -1)), x[0, ..., 5:].mean(dim=(-2, -1)))
+    assert len(dataset.erased_views(x, mask, torch.tensor([4, 6, 8, 9, 4]))[0]) == 0
+
+
+def test_forward_with_views_returns_each_groups_own_outputs():
+    cfg = config.Config(backbone="cnn", img_size=32, pretrained=False)
+    net = model_lib.build(cfg).eval()
+    x, mask = torch.rand(2, 3, 3, 32, 32), torch.ones(2, 3, dtype=torch.bool)
+    g1 = (torch.rand(3, 3, 3, 32, 32), torch.ones(3, 3, dtype=torch.bool), None)
+    g2 = (torch.rand(1, 3, 3, 32, 32), torch.ones(1, 3, dtype=torch.bool), None)
+    empty = (x[:0], mask[:0], None)
+    with torch.no_grad():
+        out, (a, none1, none2, b) = train.forward_with_views(net, x, mask, g1, None, empty, g2)
+        assert none1 is None and none2 is None and out["tens"].shape == (2, 11)
+        for got, (v, m, _) in ((a, g1), (b, g2), (out, (x, mask, None))):
+            assert torch.allclose(got["units"], net(v, m)["units"], atol=1e-5)
+
+
+def test_erased_view_loss_trains_each_head_on_its_own_views():
+    cfg = config.Config(erase_views=0.5, label_smoothing=0.0)
+    labels, head = torch.tensor([4, EMPTY, 9]), torch.tensor([0, 0, 1])
+    hot = lambda k: 20 * torch.nn.functional.one_hot(torch.tensor(k), 11).float()  # noqa: E731
+    right = {"tens": hot([4, EMPTY, 0]), "units": hot([0, 0, 9])}
+    swapped = {"tens": right["units"], "units": right["tens"]}  # each head right on the other head's views only
+    views = (None, None, labels, head)
+    assert train.view_loss(cfg, None, views, None, right) < 1e-6
+    # wrong by a 20-logit margin: ~20 nats per view, mean per head (tens, units), both halved by the weight
+    assert abs(float(train.view_loss(cfg, None, views, None, swapped)) - 0.5 * (20 + 20)) < 1e-3
+    assert train.view_loss(cfg, None, None, None, None) == 0.0
+
+
+def test_erase_config_and_a_training_run_with_erased_views(tmp_path):
+    cfg, _ = config.load(["--method=erase"])
+    assert cfg.erase_views == 1.0 and cfg.crop == config.TORSO_CROP and cfg.rule == "argmax"
+    for argv, msg in ((["--erase_views=1", "--head=ctc"], "erase_views needs --head=digits"),
+                      (["--erase_views=-1"], "erase_views must be >= 0")):
+        with pytest.raises(config.ConfigError, match=msg):
+            config.load(argv)
+    root = synth.generate(tmp_path / "data", counts={4: 6, 49: 6, 66: 6}, seed=0, workers=1, progress=False)
+    train.main([f"--data_root={root}", f"--checkpoint_dir={tmp_path}/ck", f"--results_dir={tmp_path}/res",
+                f"--log_dir={tmp_path}/logs", f"--cache_dir={tmp_path}/cache", "--img_size=32", "--batch_size=4",
+                "--pretrained=false", "--train_classes=4,49,66", "--test_classes=48", "--val_split=0.34",
+                "--epochs=1", "--method=erase"])
+    ckpt = utils.load_checkpoint(f"{tmp_path}/ck/best_model.pth")
+    assert ckpt["config"]["erase_views"] == 1.0
+    assert [h["skipped_steps"] for h in ckpt["history"]] == [0] and ckpt["history"][0]["train_loss"] > 0
