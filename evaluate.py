@@ -143,6 +143,16 @@ def halves_of(res):
     return (res["p_left"], res["p_right"]) if "p_left" in res else None
 
 
+def answers(res, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """(number, confidence) per tracklet: the split or halves rule's when set to use it (--rule, --method=split),
+    else the most probable number."""
+    if cfg.rule in ("split", "halves") and "p_left" in res:
+        t, u, conf = half_rules(res["p_tens"], res["p_units"], halves_of(res), cfg)[cfg.rule]()
+        return dataset.reconstruct(t, u), conf
+    conf, number = res["p_num"].max(1)
+    return number, conf
+
+
 def tune(res, decode, grid) -> float:
     """The value in `grid` whose decoding (value -> tens, units, ...) has the best mean per-number accuracy on `res`
     (seen validation, where the few two-digit numbers count as much as the many single digits). Ties go to the

@@ -14,7 +14,8 @@ Per tracklet: predicted number, confidence (its probability in the model's distr
 --rule=split or halves, a number read from the crop's halves has P(left digit) x P(right digit)), top-3
 numbers, per-digit probabilities, the temporal attention weight of every frame (next to the file it refers to)
 and `uncertain: true` when confidence < --uncertain_below. That threshold defaults to the one train.py chose on
-the checkpoint's validation predictions (see train.uncertain_threshold), else 0.5.
+the checkpoint's validation answers under the checkpoint's own rule (see train.uncertain_threshold), else 0.5;
+a --rule other than the one the checkpoint was trained with keeps that value, so set --uncertain_below then.
 
 --quantize: dynamic INT8 (the Linear and LSTM layers; ResNet convolutions stay float). For prediction it runs
 the INT8 model and, on labelled inputs, also the float one, and reports both sizes and accuracies. With
@@ -173,20 +174,10 @@ def run(net, samples, store, picks, cfg, device, dtype, desc="predict") -> dict:
     return train.predict_loader(net, loader, device, dtype, cfg, desc=desc)
 
 
-def answers(res, cfg) -> tuple[torch.Tensor, torch.Tensor]:
-    """(number, confidence) per tracklet: the split or halves rule's when set to use it (--rule, --method=split),
-    else the most probable number."""
-    if cfg.rule in ("split", "halves") and "p_left" in res:
-        t, u, conf = evaluate.half_rules(res["p_tens"], res["p_units"], evaluate.halves_of(res), cfg)[cfg.rule]()
-        return dataset.reconstruct(t, u), conf
-    conf, number = res["p_num"].max(1)
-    return number, conf
-
-
 def rows(res, samples, picks, threshold: float, cfg) -> list[dict]:
     """One JSON-ready record per tracklet, in input order."""
     top_p, top_n = res["p_num"].topk(3, dim=1)
-    number, confidence = answers(res, cfg)
+    number, confidence = evaluate.answers(res, cfg)
     out = []
     for k, i in enumerate(res["index"].tolist()):
         s, conf = samples[i], float(confidence[k])

@@ -302,13 +302,15 @@ def digit_metrics(res) -> dict:
             "units_acc": pct(pred_u == res["units"]), "both_acc": pct((pred_t == true_t) & (pred_u == res["units"]))}
 
 
-def uncertain_threshold(res, percentile: float = 5.0, fallback: float = 0.5) -> float:
-    """Confidence below which predict.py flags a tracklet `uncertain`: the 5th percentile of the confidence
-    (top probability over 0..99) of the correct validation predictions: 95% of the answers the model gets right
-    stay unflagged, anything less sure than that is flagged. `fallback` if nothing is correct."""
+def uncertain_threshold(res, cfg, percentile: float = 5.0, fallback: float = 0.5) -> float:
+    """Confidence below which predict.py flags a tracklet `uncertain`: the 5th percentile of the confidence of
+    the correct validation answers (the answers predict.py gives: the most probable number, or the split or
+    halves rule's with its own confidence when cfg.rule says so): 95% of the answers the model gets right stay
+    unflagged, anything less sure than that is flagged. `fallback` if nothing is correct."""
+    import evaluate  # evaluate imports this module
     if len(res["number"]) == 0:
         return fallback
-    conf, pred = res["p_num"].max(1)
+    pred, conf = evaluate.answers(res, cfg)
     ok = pred == res["number"]
     if not bool(ok.any()):
         return fallback
@@ -559,9 +561,9 @@ def main(argv=None):
             log.info("epoch %d/%d  train loss %.4f  val loss %.4f  val acc %.2f%% (tens %.2f, units %.2f)  %.0fs%s",
                      epoch + 1, cfg.epochs, tr["loss"], res["loss"], m["acc"], m["tens_acc"], m["units_acc"],
                      row["seconds"], "  *best*" if improved else "")
-            extras["uncertain_threshold"] = uncertain_threshold(res)  # each checkpoint: its own weights' value
             if cfg.split_views > 0 and "split_threshold" not in getattr(cfg, "_explicit", ()):
                 cfg.split_threshold = split_threshold(res)  # stored in the config the checkpoint carries
+            extras["uncertain_threshold"] = uncertain_threshold(res, cfg)  # each checkpoint: its own weights' value
             if improved:
                 best_threshold = extras["uncertain_threshold"]
             if rank == 0:

@@ -140,21 +140,30 @@ def test_training_with_split_views_then_evaluate_and_predict_answer_with_the_spl
     assert {p["tracklet"]: p["prediction"] for p in preds} == {p["path"]: p["pred"] for p in res["predictions"]}
 
 
-def test_predict_answers_with_the_split_or_halves_rule_only_when_set_to():
+def test_answers_follow_the_split_or_halves_rule_only_when_set_to():
     pt, pu = one_hot([(EMPTY, 0.9)], 11), one_hot([(8, 0.9)], 10)
     res = {"p_tens": pt, "p_units": pu, "p_num": model_lib.number_probs(pt, pu),
            "p_left": one_hot([(4, 0.9)], 11), "p_right": one_hot([(8, 0.9)], 11)}
     cfg = config.Config(split_views=1.0, rule="split", split_threshold=0.5)
-    number, conf = predict.answers(res, cfg)
+    number, conf = ev.answers(res, cfg)
     assert number.tolist() == [48] and abs(float(conf[0]) - 0.81) < 1e-6
     cfg.rule = "argmax"
-    assert predict.answers(res, cfg)[0].tolist() == [8]
+    assert ev.answers(res, cfg)[0].tolist() == [8]
     res["p_tens"] = one_hot([(4, 0.9)], 11)  # the whole crop reads 49; the halves say 4 and 8
     res["p_units"] = one_hot([(9, 0.9)], 10)
     res["p_num"] = model_lib.number_probs(res["p_tens"], res["p_units"])
-    assert predict.answers(res, cfg)[0].tolist() == [49]
+    assert ev.answers(res, cfg)[0].tolist() == [49]
     cfg.rule = "halves"
-    assert predict.answers(res, cfg)[0].tolist() == [48]
+    assert ev.answers(res, cfg)[0].tolist() == [48]
+
+
+def test_uncertain_threshold_uses_the_confidences_of_the_answers_predict_gives():
+    # the whole crop reads 49 (wrong) at 0.81; the halves read 48 (right) at 0.36 = 0.6 x 0.6
+    pt, pu = one_hot([(4, 0.9)], 11), one_hot([(9, 0.9)], 10)
+    res = {"p_tens": pt, "p_units": pu, "p_num": model_lib.number_probs(pt, pu), "number": torch.tensor([48]),
+           "p_left": one_hot([(4, 0.6)], 11), "p_right": one_hot([(8, 0.6)], 11)}
+    assert train.uncertain_threshold(res, config.Config(read_halves=True)) == 0.5  # argmax: nothing right
+    assert train.uncertain_threshold(res, config.Config(read_halves=True, rule="halves")) == pytest.approx(0.36)
 
 
 def test_erased_views_hide_one_side_in_place_and_label_what_is_left():

@@ -80,9 +80,10 @@ def test_uncertain_threshold_is_a_low_percentile_of_correct_confidences():
     p[torch.arange(20), 4] = conf  # 20 correct answers (number 4) with rising confidence
     p[20, 7] = 0.99                # a confident mistake never sets the threshold
     res = {"p_num": p, "number": torch.tensor([4] * 20 + [6])}
-    assert train.uncertain_threshold(res) == pytest.approx(0.3 + 0.05 * 19 * (0.6 / 19), abs=1e-4)
-    assert train.uncertain_threshold({"p_num": p[20:], "number": torch.tensor([6])}) == 0.5
-    assert train.uncertain_threshold({"p_num": torch.empty(0), "number": torch.empty(0)}) == 0.5
+    cfg = config.Config()
+    assert train.uncertain_threshold(res, cfg) == pytest.approx(0.3 + 0.05 * 19 * (0.6 / 19), abs=1e-4)
+    assert train.uncertain_threshold({"p_num": p[20:], "number": torch.tensor([6])}, cfg) == 0.5
+    assert train.uncertain_threshold({"p_num": torch.empty(0), "number": torch.empty(0)}, cfg) == 0.5
 
 
 class Recorder:
