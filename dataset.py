@@ -536,6 +536,14 @@ def _jittered_cut(W: int, jitter: float) -> int:
     return min(max(int(round((0.5 + jitter * (2 * float(torch.rand(1)) - 1)) * W)), 2), W - 2)
 
 
+def two_digit_and_as_many_single(number):
+    """Indices of the two-digit tracklets of a batch and of as many randomly chosen single-digit ones: views
+    need both kinds in balance, or the plentiful single digits decide what the views teach."""
+    two = torch.nonzero(number >= 10).flatten()
+    one = torch.nonzero(number < 10).flatten()
+    return two, one[torch.randperm(len(one), device=one.device)[:len(two)]]
+
+
 def erased_views(x, mask, number, jitter: float = 0.08):
     """Training views for --erase_views, each a tracklet with the part of every frame on one side of a cut near
     the middle painted in that part's mean colour. Tens-head views (right part painted): every two-digit
@@ -545,9 +553,7 @@ def erased_views(x, mask, number, jitter: float = 0.08):
     4 of 49 without the 9 beside it: "the left digit is 4", not "this looks like 49". Without the EMPTY views
     every tens view would hold a digit and the tens head would learn that anything left of centre is one.
     Returns views [K, T, C, H, W], their mask, labels [K] and head [K] (0 tens, 1 units)."""
-    two = torch.nonzero(number >= 10).flatten()
-    one = torch.nonzero(number < 10).flatten()
-    one = one[torch.randperm(len(one), device=one.device)[:len(two)]]
+    two, one = two_digit_and_as_many_single(number)
     src = torch.cat([two, one, two])
     head = torch.cat([torch.zeros(len(two) + len(one)), torch.ones(len(two))]).long().to(number.device)
     labels = torch.cat([number[two] // 10, torch.full_like(number[one], EMPTY), number[two] % 10])
@@ -567,9 +573,7 @@ def half_views(x, mask, number, jitter: float = 0.08):
     half cannot lean on the digit next to it, so a 4 learnt from 49 alone is still a 4 beside an 8. The cut
     moves by +-`jitter` x W because prints are not always centred in the box.
     Returns views [K, T, C, H, W], their mask, units labels [K]."""
-    two = torch.nonzero(number >= 10).flatten().cpu()
-    one = torch.nonzero(number < 10).flatten().cpu()
-    one = one[torch.randperm(len(one))[:len(two)]]
+    two, one = two_digit_and_as_many_single(number)
     src = torch.cat([two, one])
     if len(src) == 0:
         return x[:0], mask[:0], number[:0]
@@ -580,5 +584,5 @@ def half_views(x, mask, number, jitter: float = 0.08):
         for side, digit in (("L", n // 10), ("R", n % 10)):
             views.append(half(x[i:i + 1], side, cut))
             labels.append(digit if n >= 10 else NO_DIGIT)
-    idx = src.to(mask.device).repeat_interleave(2)
+    idx = src.repeat_interleave(2)
     return torch.cat(views), mask[idx], torch.tensor(labels, device=number.device)

@@ -317,12 +317,6 @@ def uncertain_threshold(res, cfg, percentile: float = 5.0, fallback: float = 0.5
     return round(float(np.percentile(conf[ok].numpy(), percentile)), 4)
 
 
-def split_threshold(res) -> float:
-    """The split rule's threshold for these weights, tuned on their validation predictions (see evaluate)."""
-    import evaluate  # evaluate imports this module
-    return evaluate.tune_split_threshold(res)
-
-
 def checkpoint_state(model, optimizer, scheduler, scaler, cfg, epoch, best_acc, history, stopper, extra=None):
     np_state = np.random.get_state()
     return {
@@ -562,7 +556,8 @@ def main(argv=None):
                      epoch + 1, cfg.epochs, tr["loss"], res["loss"], m["acc"], m["tens_acc"], m["units_acc"],
                      row["seconds"], "  *best*" if improved else "")
             if cfg.split_views > 0 and "split_threshold" not in getattr(cfg, "_explicit", ()):
-                cfg.split_threshold = split_threshold(res)  # stored in the config the checkpoint carries
+                import evaluate  # evaluate imports this module
+                cfg.split_threshold = evaluate.tune_split_threshold(res)  # stored in the checkpoint's config
             extras["uncertain_threshold"] = uncertain_threshold(res, cfg)  # each checkpoint: its own weights' value
             if improved:
                 best_threshold = extras["uncertain_threshold"]
