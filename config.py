@@ -84,6 +84,8 @@ class Config:
     compose_prob: float = 0.0            # fraction of each batch replaced by two-digit composites of single digits
     compose_mode: str = "splice"         # splice: two crops squeezed side by side | paste: two digit bands, one shirt
     compose_exclude: list[int] = field(default_factory=list)  # numbers composition and --glyph_mix never produce
+    compose_allow: list[int] = field(default_factory=list)    # scored unseen numbers they may produce all the same
+                                         # (a test number never): 44 from two 4s, so a tens 4 meets new partners
     glyph_mix: float = 0.0               # share of each training batch replaced by rendered numbers (pretrain.py's
                                          # renderer, never a scored unseen number): each digit next to many others
     glyph_images: int = 5000             # renders in that bank (made once per run)
@@ -119,7 +121,7 @@ class Config:
     def validate(self) -> list[str]:
         """Every problem at once, as readable messages; raises nothing."""
         e = []
-        for name in ("train_classes", "test_classes", "compose_exclude"):
+        for name in ("train_classes", "test_classes", "compose_exclude", "compose_allow"):
             bad = [n for n in getattr(self, name) if not 0 <= n <= 99]
             if bad:
                 e.append(f"{name}: numbers must be in 0..99, got {bad}")

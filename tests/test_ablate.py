@@ -52,16 +52,21 @@ def test_seen_number_share_counts_answers_that_are_two_digit_training_numbers():
 
 def test_parallel_grid_runs_every_job_once(tmp_path):
     res = tmp_path / "ablation.json"
-    argv = ["--methods=ctc,ctc_paste", "--seeds=3", "--epochs=1", "--synth_scale=0.01", "--jobs=2",
+    argv = ["--methods=ctc,torso_compose_paste_pairs", "--seeds=3", "--epochs=1", "--synth_scale=0.01", "--jobs=2",
             f"--out_dir={tmp_path / 'ck'}", f"--results={res}", f"--log_dir={tmp_path / 'logs'}",
             f"--synth_root={tmp_path / 'synth'}", f"--cache_dir={tmp_path / 'cache'}", "--img_size=32", "--seq_len=2",
             "--pretrained=false", "--backbone=cnn", "--lstm_hidden=8", "--head_hidden=8", "--max_steps=2",
             "--amp=false", "--batch_size=4"]
     ablate.main(argv)
     rows = json.loads(res.read_text())["runs"]
-    assert sorted((r["method"], r["seed"]) for r in rows) == [("ctc", 3), ("ctc_paste", 3)]
-    assert all("heldout" in r and "extra_unseen" in r for r in rows)
-    assert "| ctc_paste |" in (tmp_path / "ablation.md").read_text()
+    assert sorted((r["method"], r["seed"]) for r in rows) == [("ctc", 3), ("torso_compose_paste_pairs", 3)]
+    ctc, pairs = sorted(rows, key=lambda r: r["method"])
+    assert "heldout" in ctc and "extra_unseen" in ctc and "extra_composed" not in ctc
+    # 44 ... 86 may be composed by this method, so they are scored apart, not as unseen
+    assert "heldout" in pairs and "extra_composed" in pairs and "extra_unseen" not in pairs
+    assert sorted(pairs["extra_composed_per_number"]) == ["44", "46", "68", "69", "84", "86"]
+    table = (tmp_path / "ablation.md").read_text()
+    assert "| torso_compose_paste_pairs |" in table and "composed in training" in table
 
 
 def test_original_split_data_is_made_by_the_parent_before_parallel_runs(tmp_path):

@@ -255,6 +255,17 @@ def test_composition_on_the_embedded_data_never_makes_a_scored_unseen_number(tmp
     assert 44 in own and not own & {48, 64, 88}                                         # the test numbers
 
 
+def test_compose_allow_lets_scored_unseen_pairs_through_but_never_a_test_number():
+    allowed = [44, 46, 68, 69, 84, 86]
+    made = _composed_numbers(config.Config(compose_prob=1.0, compose_allow=allowed), rounds=10)
+    assert set(allowed) <= made and not made & {48, 64, 88}
+    # the same for a user's data, where --compose_exclude is how ablate.py keeps 44..86 out
+    made = _composed_numbers(config.Config(compose_prob=1.0, compose_exclude=allowed, compose_allow=[44]), rounds=10)
+    assert 44 in made and not made & {46, 48, 64, 68, 69, 84, 86, 88}
+    made = _composed_numbers(config.Config(compose_prob=1.0, compose_allow=[48, 88]), rounds=10)
+    assert not made & {48, 64, 88}  # a test number stays unseen whatever --compose_allow says
+
+
 def test_mix_renders_replaces_whole_tracklets_and_relabels_them():
     torch.manual_seed(0)
     x, mask = torch.rand(6, 3, 3, 8, 8), torch.tensor([[True, True, False]] * 6)
