@@ -13,6 +13,9 @@ Measured (sequences per second unless noted):
   infer_end_to_end       from image files, as predict.py does: decode only the frames read, in parallel,
                          + batched inference at batch 64
   infer_reference        from image files, PIL per frame, float32, batch 64
+  infer_end_to_end_int8  the same with the trunk in INT8 (predict.py --quantize; CPU), calibrated once on the
+                         frames to be read before timing (int8_calibration_s: that one-off cost, decoding included)
+  infer_model_bound_int8 inference on in-memory tensors at batch 64, trunk in INT8
   infer_decode           decoding alone, as predict.py does it (the part of infer_end_to_end that is not the model)
   latency_ms_batch1      one tracklet, model only
 Every rate is the best of 3 timed blocks after a warm-up, ours and the reference alike.
@@ -31,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import config
 import dataset
+import evaluate
 import model as model_lib
 import predict
 import train
@@ -175,11 +179,25 @@ def _reference_train(net, crit, opt, loader, device, steps):
     return n
 
 
-def end_to_end_infer(cfg, samples, device, dtype, reference: bool):
-    """From image files to numbers for every sample, as a long-lived predictor: the model is warmed up on
-    the batch shapes it will see (first calls build the kernels), then the best of 3 full passes."""
-    net = make_model(cfg, device, not reference).eval()
-    net = net if reference else model_lib.fused_for_inference(net)  # as predict.py
+def inference_model(cfg, samples, device, mode: str):
+    """The model as an inference path runs it (mode reference | ours | int8), and the seconds its one-off
+    preparation took (INT8: decoding and calibrating on the frames to be read, as predict.py --quantize does)."""
+    net = make_model(cfg, device, mode != "reference").eval()
+    start = time.perf_counter()
+    if mode == "int8":
+        picked, store = predict.decode_picked(samples, cfg, Counter())
+        net = evaluate.quantized(net, picked, store)
+    elif mode == "ours":
+        net = model_lib.fused_for_inference(net)
+    return net, time.perf_counter() - start
+
+
+def end_to_end_infer(cfg, samples, device, dtype, mode: str = "ours"):
+    """From image files to numbers for every sample, as a long-lived predictor: the model is prepared and
+    warmed up on the batch shapes it will see (first calls build the kernels), then the best of 3 full passes.
+    Returns (seq/s, preparation seconds)."""
+    reference = mode == "reference"
+    net, prep_s = inference_model(cfg, samples, device, mode)
     shape = (cfg.seq_len, 3, cfg.img_size, cfg.img_size)
     with torch.inference_mode(), utils.autocast(device, None if reference else dtype):
         for b in {64, len(samples) % 64} - {0}:
@@ -199,7 +217,15 @@ def end_to_end_infer(cfg, samples, device, dtype, reference: bool):
             for b in DataLoader(ds, batch_size=64, collate_fn=dataset.collate):
                 net(train.prepare_batch(b, cfg, device, train=False)[0])
         return len(samples)
-    return best_rate(run_reference if reference else run_ours)
+    return best_rate(run_reference if reference else run_ours), prep_s
+
+
+def int8_model_bound(cfg, dtype, steps):
+    """Inference at batch 64 on in-memory tensors with the trunk in INT8 (CPU)."""
+    x = torch.randn(64, cfg.seq_len, 3, cfg.img_size, cfg.img_size)
+    net = model_lib.int8_trunk(make_model(cfg, torch.device("cpu"), True).eval(), x.flatten(0, 1))
+    with torch.inference_mode(), utils.autocast(torch.device("cpu"), dtype):
+        return rate(lambda: net(x), 64, max(2, steps // 4))
 
 
 def decode_rate(cfg, samples):
@@ -227,8 +253,12 @@ def main(argv=None):
     r["pipeline_seq_per_s"], r["pipeline_naive_seq_per_s"] = pipeline_rates(cfg, samples, store, steps)
     r["train_end_to_end_seq_per_s"] = end_to_end_train(cfg, samples, store, device, dtype, steps, False)
     r["train_reference_seq_per_s"] = end_to_end_train(cfg, samples, store, device, None, steps, True)
-    r["infer_end_to_end_seq_per_s"] = end_to_end_infer(cfg, samples, device, dtype, False)
-    r["infer_reference_seq_per_s"] = end_to_end_infer(cfg, samples, device, None, True)
+    r["infer_end_to_end_seq_per_s"] = end_to_end_infer(cfg, samples, device, dtype)[0]
+    r["infer_reference_seq_per_s"] = end_to_end_infer(cfg, samples, device, None, "reference")[0]
+    if device.type == "cpu":  # predict.py --quantize: the trunk in INT8 (quantized kernels are CPU ones)
+        r["infer_end_to_end_int8_seq_per_s"], r["int8_calibration_s"] = \
+            end_to_end_infer(cfg, samples, device, dtype, "int8")
+        r["infer_model_bound_int8_seq_per_s"] = int8_model_bound(cfg, dtype, steps)
     r["infer_decode_seq_per_s"] = decode_rate(cfg, samples)
     r["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     r["ratios"] = {
@@ -241,6 +271,9 @@ def main(argv=None):
         / r["infer_reference_seq_per_s"],
         "pipeline_vs_naive": r["pipeline_seq_per_s"] / r["pipeline_naive_seq_per_s"],
     }
+    if "infer_end_to_end_int8_seq_per_s" in r:
+        r["ratios"]["infer_end_to_end_int8_vs_reference"] = \
+            r["infer_end_to_end_int8_seq_per_s"] / r["infer_reference_seq_per_s"]
     out = extra["out"] or os.path.join(cfg.results_dir, "bench.json")
     utils.atomic_save(r, out)
     for k, v in r.items():

@@ -389,6 +389,15 @@ def to_input(frames: torch.Tensor, device) -> torch.Tensor:
     return frames.to(device, non_blocking=True).permute(0, 1, 4, 2, 3).float().div_(255)
 
 
+def calibration_frames(samples: list[Sample], store: "FrameStore", picks=None, n: int = 256):
+    """Up to n distinct frames (of `picks` per sample, else any), spread evenly over the tracklets, normalised
+    [n, 3, H, W]: what INT8 calibration observes (model.int8_trunk)."""
+    picks = picks or [range(len(s.frames)) for s in samples]
+    paths = list(dict.fromkeys(s.frames[j] for s, p in zip(samples, picks) for j in p))
+    frames = torch.from_numpy(store.get(evenly_spaced(paths, n)))
+    return normalize(to_input(frames[None], torch.device("cpu")))[0]
+
+
 def normalize(x: torch.Tensor) -> torch.Tensor:
     return (x - MEAN.to(x.device).view(1, 1, 3, 1, 1)) / STD.to(x.device).view(1, 1, 3, 1, 1)
 

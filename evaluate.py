@@ -4,6 +4,7 @@
     python evaluate.py --checkpoint checkpoints/best_model.pth --test_classes=44,46,68 --stability
     python evaluate.py --checkpoint ... --split=val          # the seen-number validation split instead
     python evaluate.py --checkpoint ... --tune_tau           # tau and the split threshold re-tuned on seen validation
+    python evaluate.py --checkpoint ... --quantize           # the trunk in INT8 on the CPU (predict.py --quantize)
 
 The model and data settings come from the checkpoint; any --field=value overrides them.
 """
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader
 
 import config
 import dataset
+import model as model_lib
 import plots
 import train
 import utils
@@ -300,15 +302,25 @@ def run_split(model, cfg, split, device, dtype):
         samples, store, skipped, anchor
 
 
+def quantized(net, samples, store, picks=None):
+    """The model with its trunk in INT8 (model.int8_trunk), calibrated on frames of the tracklets to be read."""
+    try:
+        return model_lib.int8_trunk(net, dataset.calibration_frames(samples, store, picks))
+    except (ImportError, RuntimeError) as e:
+        raise config.ConfigError(f"--quantize: {e}") from None
+
+
 def main(argv=None):
     cfg, extra, ckpt, model = load_for_eval(argv, {"out": "", "stability": False, "split": "test", "tune_tau": False,
-                                                   "uncertain_below": -1.0})
+                                                   "uncertain_below": -1.0, "quantize": False})
     utils.setup_logging()
     if extra["split"] not in ("test", "val"):
         raise config.ConfigError("--split must be test or val")
-    device = utils.device_of(cfg)
+    device = torch.device("cpu") if extra["quantize"] else utils.device_of(cfg)  # quantized kernels are CPU ones
     dtype = utils.amp_dtype(device, cfg.amp)
     model.to(device).eval()
+    if extra["quantize"]:  # calibrated on the frames of the split being read, no labels used
+        model = quantized(model, *eval_samples(cfg, extra["split"])[:2])
     train_counts = ckpt.get("train_counts", {})
     res, samples, store, skipped, anchor = run_split(model, cfg, extra["split"], device, dtype)
     if extra["tune_tau"]:  # chosen on seen-number validation only, never on the numbers being tested
@@ -323,6 +335,7 @@ def main(argv=None):
     results = {
         "accuracy": rules[cfg.rule]["accuracy"], "rule": cfg.rule, "per_number": rules[cfg.rule]["per_number"],
         "rules": rules, "skipped": dict(skipped), "split": extra["split"], "anchor_frames_used": anchor,
+        "int8_trunk": extra["quantize"],
         "numbers": sorted({s.number for s in samples}), "num_tracklets": len(samples),
         "checkpoint": {"path": extra["checkpoint"], "epoch": ckpt.get("epoch", -1) + 1,
                        "best_val_acc": ckpt.get("best_acc")},

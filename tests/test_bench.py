@@ -4,7 +4,8 @@ import bench
 
 KEYS = ("train_model_bound_seq_per_s", "train_end_to_end_seq_per_s", "pipeline_seq_per_s", "pipeline_naive_seq_per_s",
         "infer_model_bound_seq_per_s", "infer_end_to_end_seq_per_s", "latency_ms_batch1", "peak_rss_mb",
-        "train_reference_seq_per_s", "infer_reference_seq_per_s", "infer_decode_seq_per_s")
+        "train_reference_seq_per_s", "infer_reference_seq_per_s", "infer_decode_seq_per_s",
+        "infer_end_to_end_int8_seq_per_s", "infer_model_bound_int8_seq_per_s", "int8_calibration_s")
 
 
 def test_bench_writes_every_key(tmp_path):
@@ -17,6 +18,7 @@ def test_bench_writes_every_key(tmp_path):
         assert saved[k] == r[k] and saved[k] > 0, k
     assert set(saved["ratios"]) == {"train_end_to_end_vs_reference", "train_end_to_end_vs_model_bound",
                                     "infer_end_to_end_vs_reference", "pipeline_vs_naive",
-                                    "infer_end_to_end_vs_model_bound", "infer_serial_bound_vs_reference"}
+                                    "infer_end_to_end_vs_model_bound", "infer_serial_bound_vs_reference",
+                                    "infer_end_to_end_int8_vs_reference"}
     assert saved["torch"] and saved["threads"] >= 1
     assert (tmp_path / "synth_samples.png").stat().st_size > 1000  # generated data comes with a contact sheet

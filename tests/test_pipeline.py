@@ -58,6 +58,11 @@ def test_evaluate_validation_split(run):
     res = evaluate.main([f"--checkpoint={out['checkpoints']}/best_model.pth", f"--out={tmp / 'val.json'}",
                          "--split=val", f"--results_dir={out['results']}", f"--cache_dir={out['cache']}"])
     assert set(res["per_number"]) <= {"4", "6", "49"} and res["anchor_frames_used"] is True
+    q = evaluate.main([f"--checkpoint={out['checkpoints']}/best_model.pth", f"--out={tmp / 'val_int8.json'}",
+                       "--split=val", "--quantize", f"--results_dir={out['results']}", f"--cache_dir={out['cache']}"])
+    assert q["int8_trunk"] is True and res["int8_trunk"] is False and q["num_tracklets"] == res["num_tracklets"]
+    agree = sum(a["pred"] == b["pred"] for a, b in zip(res["predictions"], q["predictions"]))
+    assert agree >= 0.8 * len(res["predictions"])  # the same tracklets, nearly the same answers
 
 
 def test_analyze_weights(run):
