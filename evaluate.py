@@ -294,8 +294,9 @@ def eval_samples(cfg, split):
     return samples, store, skipped, cfg.eval_anchor
 
 
-def run_split(model, cfg, split, device, dtype):
-    samples, store, skipped, anchor = eval_samples(cfg, split)
+def run_split(model, cfg, split, device, dtype, data=None):
+    """Predictions on a split; `data`: its eval_samples, when the caller has them already."""
+    samples, store, skipped, anchor = data or eval_samples(cfg, split)
     ds = dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.eval_sampling, anchor)
     utils.seed_everything(cfg.seed)
     return train.predict_loader(model, _loader(ds, cfg), device, dtype, cfg, desc=f"evaluate {split}"), \
@@ -319,10 +320,11 @@ def main(argv=None):
     device = torch.device("cpu") if extra["quantize"] else utils.device_of(cfg)  # quantized kernels are CPU ones
     dtype = utils.amp_dtype(device, cfg.amp)
     model.to(device).eval()
+    data = eval_samples(cfg, extra["split"])
     if extra["quantize"]:  # calibrated on the frames of the split being read, no labels used
-        model = quantized(model, *eval_samples(cfg, extra["split"])[:2])
+        model = quantized(model, *data[:2])
     train_counts = ckpt.get("train_counts", {})
-    res, samples, store, skipped, anchor = run_split(model, cfg, extra["split"], device, dtype)
+    res, samples, store, skipped, anchor = run_split(model, cfg, extra["split"], device, dtype, data)
     if extra["tune_tau"]:  # chosen on seen-number validation only, never on the numbers being tested
         val = res if extra["split"] == "val" else run_split(model, cfg, "val", device, dtype)[0]
         cfg.logit_tau = tune_tau(val, train_counts)

@@ -355,17 +355,17 @@ def main(argv=None):
     picks = pick_frames(samples, cfg)
     net.to(device).eval()
     meta = {"checkpoint": extra["checkpoint"], "uncertain_below": threshold, "skipped": dict(skipped)}
-    fast = model_lib.fused_for_inference(net)
     if extra["quantize"]:
         int8 = evaluate.quantized(net, samples, store, picks)
         res = run(int8, samples, store, picks, cfg, device, dtype, desc="predict int8")
         meta["quantization"] = {"float_mb": state_mb(net), "int8_mb": state_mb(int8)}
         if any(s.number is not None for s in samples):  # labelled: what INT8 costs, on these very tracklets
-            res_float = run(fast, samples, store, picks, cfg, device, dtype, desc="predict float (for comparison)")
+            res_float = run(model_lib.fused_for_inference(net), samples, store, picks, cfg, device, dtype,
+                            desc="predict float (for comparison)")
             float_summary = summary(rows(res_float, samples, picks, threshold, cfg))
             meta["quantization"].update(compare(res_float, res), float_accuracy=float_summary.get("accuracy"))
     else:
-        res = run(fast, samples, store, picks, cfg, device, dtype)
+        res = run(model_lib.fused_for_inference(net), samples, store, picks, cfg, device, dtype)
     preds = rows(res, samples, picks, threshold, cfg)
     meta.update(summary(preds))
     if "float_accuracy" in meta.get("quantization", {}):

@@ -128,7 +128,7 @@ def never_synthesised(cfg) -> list[int]:
     would otherwise be trained on by a plain train.py run and then scored as 'other unseen' by evaluate.py),
     except what --compose_allow lets through; never a test number."""
     scored = pretrain.excluded(cfg) if not cfg.data_root else cfg.test_classes
-    return sorted((set(cfg.compose_exclude) | set(scored)) - set(cfg.compose_allow) | set(cfg.test_classes))
+    return sorted(((set(cfg.compose_exclude) | set(scored)) - set(cfg.compose_allow)) | set(cfg.test_classes))
 
 
 GLYPH_PAIRS, GLYPH_MIN_SIZE = 0.8, 0.15  # mostly two-digit renders; numbers 15-80% of the image height
