@@ -4,7 +4,8 @@
     python bench.py --device=cuda --bench_steps=50
 
 Measured (sequences per second unless noted):
-  train_model_bound      train steps on tensors already in memory (the ceiling for end-to-end training)
+  train_model_bound      the recipe's train step (train.train_step: MixUp, loss, clipping, fused AdamW) on a
+                         batch already in memory, normalised and augmented (the ceiling for end-to-end training)
   train_end_to_end       train_one_epoch on the embedded data: cached uint8 frames, batched augmentation
   train_reference        the original way: float32, contiguous tensors, every frame decoded, sharpened,
                          resized and augmented with PIL in __getitem__ on every epoch
@@ -18,7 +19,9 @@ Measured (sequences per second unless noted):
   infer_model_bound_int8 inference on in-memory tensors at batch 64, trunk in INT8
   infer_decode           decoding alone, as predict.py does it (the part of infer_end_to_end that is not the model)
   latency_ms_batch1      one tracklet, model only
-Every rate is the best of 3 timed blocks after a warm-up, ours and the reference alike.
+Every rate is the best of several timed blocks after a warm-up, ours and the reference alike. The paths a
+ratio compares are timed in 5 interleaved rounds (model-bound, ours, reference, model-bound, ...), so that a slow
+spell of a shared machine falls on both sides of the ratio, not on one.
 """
 import dataclasses
 import os
@@ -67,24 +70,35 @@ class NaiveTrackletDataset(Dataset):
 def best_rate(block, repeats: int = 3) -> float:
     """Items per second of the fastest of `repeats` calls of `block` (which returns how many items it did):
     on a shared machine the slower calls measure interference, not the code (timeit's rule)."""
-    best = 0.0
+    return paired_rates({"": block}, repeats)[""]
+
+
+def paired_rates(blocks: dict, repeats: int = 3) -> dict:
+    """Best items per second of each block, timed in interleaved rounds (a, b, c, a, b, c, ...): the paths a
+    ratio compares meet the same machine state, so drift on a shared CPU does not land on one side of it."""
+    best = dict.fromkeys(blocks, 0.0)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        n = block()
-        best = max(best, n / (time.perf_counter() - t0))
+        for name, block in blocks.items():
+            t0 = time.perf_counter()
+            n = block()
+            best[name] = max(best[name], n / (time.perf_counter() - t0))
     return best
 
 
-def rate(fn, n_items: int, steps: int, warmup: int = 2, repeats: int = 3) -> float:
+def repeat(fn, n_items: int, times: int, warmup: int = 2):
+    """A block of `times` calls of fn (after `warmup` calls now), returning the items it did."""
     for _ in range(warmup):
         fn()
-    per_block = max(1, steps // repeats)
 
     def block():
-        for _ in range(per_block):
+        for _ in range(times):
             fn()
-        return n_items * per_block
-    return best_rate(block, repeats)
+        return n_items * times
+    return block
+
+
+def rate(fn, n_items: int, steps: int, warmup: int = 2, repeats: int = 3) -> float:
+    return best_rate(repeat(fn, n_items, max(1, steps // repeats), warmup), repeats)
 
 
 def make_model(cfg, device, fast: bool):
@@ -96,32 +110,37 @@ def make_model(cfg, device, fast: bool):
     return net
 
 
-def model_bound(cfg, device, dtype, steps):
-    """Train and inference rates on random tensors in memory."""
-    net = make_model(cfg, device, dtype is not None)
+def model_bound_train(cfg, device, dtype, block):
+    """The recipe's training step (train.train_step: MixUp, loss, clipping, update) on one batch already in
+    memory, normalised and augmented: the ceiling end-to-end training can reach."""
+    net = make_model(cfg, device, dtype is not None).train()
     crit = train.Criterion(cfg, cfg.train_classes, device)
     opt = utils.adamw(net.parameters(), device, lr=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     B = cfg.batch_size
-    x = torch.randn(B, cfg.seq_len, 3, cfg.img_size, cfg.img_size, device=device)
-    labels = [torch.randint(0, 10, (B,), device=device) for _ in range(3)]
+    number = torch.tensor(cfg.train_classes, device=device)[torch.randint(0, len(cfg.train_classes), (B,))]
+    tens, units = (torch.tensor(v, device=device) for v in zip(*map(dataset.decompose, number.tolist())))
+    batch = (torch.randn(B, cfg.seq_len, 3, cfg.img_size, cfg.img_size, device=device),
+             torch.ones(B, cfg.seq_len, dtype=torch.bool, device=device), tens, units, number)
+    return repeat(lambda: train.train_step(net, crit, opt, scaler, batch, cfg, device, dtype), B, block)
 
-    def step():
-        with utils.autocast(device, dtype):
-            loss = crit(net(x), *labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    net.train()
-    train_rate = rate(step, B, steps)
-    xi = torch.randn(64, cfg.seq_len, 3, cfg.img_size, cfg.img_size, device=device)
-    net.eval()
+
+def model_bound_infer(cfg, device, dtype, steps):
+    """Inference at batch 64 on in-memory tensors (a block of calls), and the latency of one tracklet (ms)."""
+    net = make_model(cfg, device, dtype is not None).eval()
+    x = torch.randn(64, cfg.seq_len, 3, cfg.img_size, cfg.img_size, device=device)
     with torch.inference_mode(), utils.autocast(device, dtype):
-        infer_rate = rate(lambda: net(xi), 64, max(2, steps // 4))
-        latency = 1000.0 / rate(lambda: net(xi[:1]), 1, steps)
-    return train_rate, infer_rate, latency
+        latency = 1000.0 / rate(lambda: net(x[:1]), 1, steps)
+
+    def call():
+        with torch.inference_mode(), utils.autocast(device, dtype):
+            net(x)
+    return repeat(call, 64, max(1, steps // 12)), latency
 
 
-def pipeline_rates(cfg, samples, store, steps):
+def pipeline_blocks(cfg, samples, store, steps):
+    """Blocks of training batches through the data pipeline alone: ours (cached uint8 frames, batched
+    augmentation) and the naive PIL-per-frame one."""
     ours = dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.train_sampling, cfg.use_anchor)
     ours_loader = DataLoader(ours, batch_size=cfg.batch_size, shuffle=True, collate_fn=dataset.collate)
     naive_loader = DataLoader(NaiveTrackletDataset(samples, cfg, True), batch_size=cfg.batch_size, shuffle=True)
@@ -133,21 +152,23 @@ def pipeline_rates(cfg, samples, store, steps):
             b = next(it[0])
         train.prepare_batch(b, cfg, torch.device("cpu"), train=True)
     it = iter(naive_loader)
-    return rate(ours_batch, cfg.batch_size, steps), rate(lambda: next(it), cfg.batch_size, max(2, steps // 4), 1)
+    return {"pipeline": repeat(ours_batch, cfg.batch_size, max(1, steps // 3)),
+            "pipeline_naive": repeat(lambda: next(it), cfg.batch_size, max(1, steps // 12), 1)}
 
 
-def end_to_end_train(cfg, samples, store, device, dtype, steps, reference: bool):
+def end_to_end_train(cfg, samples, store, device, dtype, block, reference: bool):
+    """A block of `block` training steps from the embedded data (warmed up): ours through train_one_epoch, or
+    the reference's PIL-per-frame loader, float32 model and loop."""
     net = make_model(cfg, device, not reference)
     crit = train.Criterion(cfg, [s.number for s in samples], device)
     # the original recipe used torch's default AdamW (a per-tensor loop on CPU)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4) if reference else utils.adamw(net.parameters(), device, 1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    block = max(1, steps // 3)
     if reference:
         loader = DataLoader(NaiveTrackletDataset(samples, cfg, True), batch_size=cfg.batch_size, shuffle=True,
                             collate_fn=_naive_collate)
         _reference_train(net, crit, opt, loader, device, 2)  # warm-up, as for ours
-        return best_rate(lambda: _reference_train(net, crit, opt, loader, device, block))
+        return lambda: _reference_train(net, crit, opt, loader, device, block)
     loader = DataLoader(dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.train_sampling, cfg.use_anchor),
                         batch_size=cfg.batch_size, shuffle=True, collate_fn=dataset.collate, drop_last=True)
 
@@ -156,7 +177,7 @@ def end_to_end_train(cfg, samples, store, device, dtype, steps, reference: bool)
                                                                                                   epochs=1), 0)
         return min(k, len(loader)) * cfg.batch_size
     run(2)
-    return best_rate(lambda: run(block))
+    return lambda: run(block)
 
 
 def _naive_collate(batch):
@@ -194,8 +215,8 @@ def inference_model(cfg, samples, device, mode: str):
 
 def end_to_end_infer(cfg, samples, device, dtype, mode: str = "ours"):
     """From image files to numbers for every sample, as a long-lived predictor: the model is prepared and
-    warmed up on the batch shapes it will see (first calls build the kernels), then the best of 3 full passes.
-    Returns (seq/s, preparation seconds)."""
+    warmed up on the batch shapes it will see (first calls build the kernels). Returns (a block doing one
+    full pass, preparation seconds)."""
     reference = mode == "reference"
     net, prep_s = inference_model(cfg, samples, device, mode)
     shape = (cfg.seq_len, 3, cfg.img_size, cfg.img_size)
@@ -217,21 +238,29 @@ def end_to_end_infer(cfg, samples, device, dtype, mode: str = "ours"):
             for b in DataLoader(ds, batch_size=64, collate_fn=dataset.collate):
                 net(train.prepare_batch(b, cfg, device, train=False)[0])
         return len(samples)
-    return best_rate(run_reference if reference else run_ours), prep_s
+    return (run_reference if reference else run_ours), prep_s
 
 
 def int8_model_bound(cfg, dtype, steps):
-    """Inference at batch 64 on in-memory tensors with the trunk in INT8 (CPU)."""
+    """Inference at batch 64 on in-memory tensors with the trunk in INT8 (CPU): a block of calls."""
     x = torch.randn(64, cfg.seq_len, 3, cfg.img_size, cfg.img_size)
     net = model_lib.int8_trunk(make_model(cfg, torch.device("cpu"), True).eval(), x.flatten(0, 1))
-    with torch.inference_mode(), utils.autocast(torch.device("cpu"), dtype):
-        return rate(lambda: net(x), 64, max(2, steps // 4))
+
+    def call():
+        with torch.inference_mode(), utils.autocast(torch.device("cpu"), dtype):
+            net(x)
+    return repeat(call, 64, max(1, steps // 12))
 
 
-def decode_rate(cfg, samples):
-    """Tracklets per second through predict.py's decoding alone: with infer_model_bound it bounds
-    infer_end_to_end, as the two run one after the other on the same cores."""
-    return best_rate(lambda: len(predict.decode_picked(samples, cfg, Counter())[0]))
+def rates(blocks: dict) -> dict:
+    """{name_seq_per_s: best rate} of blocks timed together (paired_rates, 5 rounds)."""
+    return {f"{k}_seq_per_s": v for k, v in paired_rates(blocks, 5).items()}
+
+
+def decode_block(cfg, samples):
+    """predict.py's decoding alone (tracklets): with infer_model_bound it bounds infer_end_to_end, as the two
+    run one after the other on the same cores."""
+    return lambda: len(predict.decode_picked(samples, cfg, Counter())[0])
 
 
 def main(argv=None):
@@ -248,18 +277,23 @@ def main(argv=None):
          "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "samples": len(samples),
          "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "img_size": cfg.img_size}
     log.info("benchmarking on %s (%s autocast, %d threads)", device, dtype, r["threads"])
-    r["train_model_bound_seq_per_s"], r["infer_model_bound_seq_per_s"], r["latency_ms_batch1"] = \
-        model_bound(cfg, device, dtype, steps)
-    r["pipeline_seq_per_s"], r["pipeline_naive_seq_per_s"] = pipeline_rates(cfg, samples, store, steps)
-    r["train_end_to_end_seq_per_s"] = end_to_end_train(cfg, samples, store, device, dtype, steps, False)
-    r["train_reference_seq_per_s"] = end_to_end_train(cfg, samples, store, device, None, steps, True)
-    r["infer_end_to_end_seq_per_s"] = end_to_end_infer(cfg, samples, device, dtype)[0]
-    r["infer_reference_seq_per_s"] = end_to_end_infer(cfg, samples, device, None, "reference")[0]
+    # each group is timed in interleaved rounds, so a ratio's two sides meet the same machine state
+    infer_model_bound, r["latency_ms_batch1"] = model_bound_infer(cfg, device, dtype, steps)
+    blocks = pipeline_blocks(cfg, samples, store, steps)
+    r.update(rates(blocks))
+    block = max(1, steps // 2)
+    blocks = {"train_model_bound": model_bound_train(cfg, device, dtype, block),
+              "train_end_to_end": end_to_end_train(cfg, samples, store, device, dtype, block, False),
+              "train_reference": end_to_end_train(cfg, samples, store, device, None, block, True)}
+    r.update(rates(blocks))
+    blocks = {"infer_model_bound": infer_model_bound,
+              "infer_end_to_end": end_to_end_infer(cfg, samples, device, dtype)[0],
+              "infer_reference": end_to_end_infer(cfg, samples, device, None, "reference")[0],
+              "infer_decode": decode_block(cfg, samples)}
     if device.type == "cpu":  # predict.py --quantize: the trunk in INT8 (quantized kernels are CPU ones)
-        r["infer_end_to_end_int8_seq_per_s"], r["int8_calibration_s"] = \
-            end_to_end_infer(cfg, samples, device, dtype, "int8")
-        r["infer_model_bound_int8_seq_per_s"] = int8_model_bound(cfg, dtype, steps)
-    r["infer_decode_seq_per_s"] = decode_rate(cfg, samples)
+        blocks["infer_end_to_end_int8"], r["int8_calibration_s"] = end_to_end_infer(cfg, samples, device, dtype, "int8")
+        blocks["infer_model_bound_int8"] = int8_model_bound(cfg, dtype, steps)
+    r.update(rates(blocks))
     r["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     r["ratios"] = {
         "train_end_to_end_vs_reference": r["train_end_to_end_seq_per_s"] / r["train_reference_seq_per_s"],

@@ -171,6 +171,34 @@ def prepare_batch(batch, cfg, device, train: bool, glyphs=None):
     return dataset.normalize(x), mask, tens, units, number
 
 
+def train_step(model, criterion, optimizer, scaler, batch, cfg, device, dtype) -> float | None:
+    """One optimisation step of the recipe on a prepared batch (x, mask, tens, units, number): the extra views,
+    MixUp, forward, loss, clipping, update. Returns the loss, or None when it was not finite (no update)."""
+    x, mask, tens, units, number = batch
+    split = dataset.half_views(x, mask, number) if cfg.split_views > 0 else None
+    erased = dataset.erased_views(x, mask, number) if cfg.erase_views > 0 else None
+    mix = cfg.mixup_alpha > 0 and random.random() < cfg.mixup_prob
+    lam, perm = (np.random.beta(cfg.mixup_alpha, cfg.mixup_alpha), torch.randperm(x.shape[0], device=device)) \
+        if mix else (1.0, None)
+    if mix:
+        x = lam * x + (1 - lam) * x[perm]
+    with utils.autocast(device, dtype):
+        out, view_outs = forward_with_views(model, x, mask, split, erased)
+    loss = lam * criterion(out, tens, units, number)
+    if mix:
+        loss = loss + (1 - lam) * criterion(out, tens[perm], units[perm], number[perm])
+    loss = loss + view_loss(cfg, split, erased, *view_outs)
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):  # one bad batch should not poison the weights
+        return None
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    utils.clip_grad_norm(model.parameters(), cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.item()
+
+
 def train_one_epoch(model, criterion, optimizer, loader, device, dtype, scaler, cfg, epoch, glyphs=None):
     model.train()
     totals = {"loss": 0.0, "n": 0, "skipped_steps": 0}
@@ -180,36 +208,17 @@ def train_one_epoch(model, criterion, optimizer, loader, device, dtype, scaler, 
         if cfg.max_steps and step >= cfg.max_steps:
             break
         seen += batch["index"].tolist()
-        x, mask, tens, units, number = prepare_batch(batch, cfg, device, train=True, glyphs=glyphs)
-        split = dataset.half_views(x, mask, number) if cfg.split_views > 0 else None
-        erased = dataset.erased_views(x, mask, number) if cfg.erase_views > 0 else None
-        mix = cfg.mixup_alpha > 0 and random.random() < cfg.mixup_prob
-        lam, perm = (np.random.beta(cfg.mixup_alpha, cfg.mixup_alpha), torch.randperm(x.shape[0], device=device)) \
-            if mix else (1.0, None)
-        if mix:
-            x = lam * x + (1 - lam) * x[perm]
-        with utils.autocast(device, dtype):
-            out, view_outs = forward_with_views(model, x, mask, split, erased)
-        loss = lam * criterion(out, tens, units, number)
-        if mix:
-            loss = loss + (1 - lam) * criterion(out, tens[perm], units[perm], number[perm])
-        loss = loss + view_loss(cfg, split, erased, *view_outs)
-        if not torch.isfinite(loss):
-            # one bad batch should not poison the weights; many in a row means the run is broken
+        prepared = prepare_batch(batch, cfg, device, train=True, glyphs=glyphs)
+        loss = train_step(model, criterion, optimizer, scaler, prepared, cfg, device, dtype)
+        if loss is None:  # many non-finite losses in one epoch means the run is broken
             totals["skipped_steps"] += 1
             if totals["skipped_steps"] > 10:
                 raise FloatingPointError("loss was NaN/inf on more than 10 steps; stopping (last good "
                                          "checkpoint kept). Try a lower --lr or --amp=false.")
-            optimizer.zero_grad(set_to_none=True)
             continue
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        totals["loss"] += loss.item() * x.shape[0]
-        totals["n"] += x.shape[0]
+        n = prepared[0].shape[0]
+        totals["loss"] += loss * n
+        totals["n"] += n
         bar.set_postfix(loss=f"{totals['loss'] / totals['n']:.3f}")
     if distributed():  # the epoch's loss over every rank's share
         t = torch.tensor([totals["loss"], totals["n"], totals["skipped_steps"]], dtype=torch.float64, device=device)

@@ -68,6 +68,17 @@ def adamw(params, device: torch.device, lr: float, weight_decay: float = 0.0) ->
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
 
 
+def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
+    """torch's clip_grad_norm_, minus its rescale when the norm is already within max_norm (a factor of
+    exactly 1, so the same gradients): on CPU that pass over every gradient is ~2% of a training step.
+    On accelerators the rescale always runs, as torch's does, so the norm never needs a host sync."""
+    params = [p for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+    if norm.device.type != "cpu" or norm > max_norm:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+    return norm
+
+
 def atomic_save(obj, path: str) -> None:
     """Write to a temp file and rename, so a crash mid-write never leaves a broken checkpoint or result."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

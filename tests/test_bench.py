@@ -22,3 +22,13 @@ def test_bench_writes_every_key(tmp_path):
                                     "infer_end_to_end_int8_vs_reference"}
     assert saved["torch"] and saved["threads"] >= 1
     assert (tmp_path / "synth_samples.png").stat().st_size > 1000  # generated data comes with a contact sheet
+
+
+def test_paired_rates_interleaves_blocks_and_keeps_each_best():
+    calls = []
+
+    def block(name, items):
+        return lambda: calls.append(name) or items
+    r = bench.paired_rates({"a": block("a", 10), "b": block("b", 20)}, repeats=3)
+    assert calls == ["a", "b"] * 3
+    assert set(r) == {"a", "b"} and r["b"] > 0 and r["a"] > 0

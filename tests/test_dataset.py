@@ -215,6 +215,33 @@ def test_augment_keeps_shape_and_range():
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1 and not torch.equal(x, y)
 
 
+def _augment_textbook(x, degrees=5.0, translate=0.05, scale=(0.95, 1.05), brightness=0.2, contrast=0.2):
+    """The same recipe the plain way (affine_grid, out-of-place jitter on the grey mean), same draws."""
+    B, T, C, H, W = x.shape
+    n = B * T
+    ang = torch.empty(n).uniform_(-degrees, degrees).deg2rad_()
+    s = torch.empty(n).uniform_(*scale)
+    tx, ty = (torch.empty(n).uniform_(-translate, translate) * 2 for _ in range(2))
+    cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    flat = torch.nn.functional.grid_sample(x.reshape(n, C, H, W), torch.nn.functional.affine_grid(
+        theta, (n, C, H, W), align_corners=False), align_corners=False)
+    b, c = (torch.empty(n, 1, 1, 1).uniform_(1 - j, 1 + j) for j in (brightness, contrast))
+    flat = (flat * b).clamp(0, 1)
+    gray = (0.299 * flat[:, 0] + 0.587 * flat[:, 1] + 0.114 * flat[:, 2]).mean((1, 2)).view(n, 1, 1, 1)
+    return ((flat - gray) * c + gray).clamp(0, 1).view(B, T, C, H, W)
+
+
+def test_augment_is_the_textbook_recipe_and_identity_without_jitter():
+    x = dataset.to_input(torch.randint(0, 256, (3, 2, 24, 20, 3), dtype=torch.uint8), torch.device("cpu"))
+    torch.manual_seed(1)
+    fast = dataset.augment(x)
+    torch.manual_seed(1)
+    assert torch.allclose(fast, _augment_textbook(x), atol=1e-5)
+    still = dataset.augment(x, degrees=0, translate=0, scale=(1, 1), brightness=0, contrast=0)
+    assert torch.allclose(still, x, atol=1e-6)
+
+
 @pytest.mark.parametrize("use_anchor", [True, False])
 def test_keep_frames_decodes_only_what_is_read_and_reads_the_same_frames(tiny_root, use_anchor):
     samples, _ = dataset.crawl(str(tiny_root))

@@ -227,3 +227,19 @@ def test_scripts_end_with_one_error_line_and_no_traceback(tmp_path, monkeypatch)
     assert p.returncode == 1 and p.stdout == ""
     assert p.stderr.strip().splitlines() == [f"error: checkpoint {str(tmp_path / 'missing.pth')!r} not found "
                                              f"(train first: python train.py)"]
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+def test_clip_grad_norm_matches_torch_whether_or_not_it_clips(max_norm):
+    torch.manual_seed(0)
+    nets = [torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    nets[0].weight.requires_grad_(False)  # frozen tensors have no gradient; both must skip them
+    nets[1].weight.requires_grad_(False)
+    x = torch.randn(16, 8)
+    for net in nets:
+        net(x).pow(2).sum().backward()
+    ours = utils.clip_grad_norm(nets[0].parameters(), max_norm)
+    ref = torch.nn.utils.clip_grad_norm_(nets[1].parameters(), max_norm)
+    assert torch.allclose(ours, ref) and (ref > max_norm) == (max_norm == 0.5)
+    assert torch.equal(nets[0].bias.grad, nets[1].bias.grad)
