@@ -63,6 +63,9 @@ METHODS["torso_erase_positional"] = ["--method=erase", "--reader=positional"]
 # other than 9, and 48, 64, 88 stay unseen (section 6.12)
 METHODS["torso_compose_paste_pairs"] = METHODS["torso_compose_paste"] + [
     "--compose_allow=" + ",".join(map(str, EXTRA_UNSEEN))]
+# a reader that cannot see two digits at once: each column of the trunk's map sees a 22 px strip (one digit)
+# and the CTC column classifier reads each column alone, so '49' cannot be learnt as one pattern (report 6.13)
+METHODS["torso_narrow_ctc"] = METHODS["torso_ctc_nomix"] + ["--backbone=cnn_narrow", "--ctc_context=0"]
 HARD_TRAIN, HARD_TEST = synth.HARD_TRAIN, synth.HARD_TEST  # the harder split, defined in synth.py
 
 

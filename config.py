@@ -64,6 +64,7 @@ class Config:
     head: str = "digits"                 # digits (tens incl. empty + units) | compositional (one softmax over 0..99)
                                          # | ctc (one digit classifier along the width, CTC-scored numbers)
     ctc_columns: int = 8                 # ctc head: feature maps narrower than this are stretched to this many columns
+    ctc_context: int = 1                 # ctc head: neighbour columns on each side its column classifier sees
     # training
     method: str = "torso"                # preset, see METHODS / apply_method; original = the SPEC recipe
     batch_size: int = 16
@@ -162,6 +163,7 @@ class Config:
             (0.05 <= self.pretrain_min_size <= 0.8, "pretrain_min_size must be in [0.05, 0.8]"),
             (self.lstm_layers >= 1 and self.lstm_hidden >= 1, "lstm_layers and lstm_hidden must be >= 1"),
             (self.ctc_columns >= 3, "ctc_columns must be >= 3 (88 is read as 8, blank, 8)"),
+            (self.ctc_context >= 0, "ctc_context must be >= 0"),
             (self.split_views >= 0 and 0 <= self.split_threshold <= 1, "split_views >= 0, split_threshold in [0, 1]"),
             (self.erase_views >= 0, "erase_views must be >= 0"),
             (self.erase_views == 0 or self.head == "digits", "erase_views needs --head=digits (a tens and a units head)"),
@@ -173,7 +175,7 @@ class Config:
         e += [msg for ok, msg in checks if not ok]
         choices = {
             "train_sampling": ("uniform", "random", "center"), "eval_sampling": ("uniform", "random", "center"),
-            "backbone": ("resnet18", "resnet34", "resnet50", "cnn"), "head": ("digits", "compositional", "ctc"),
+            "backbone": ("resnet18", "resnet34", "resnet50", "cnn", "cnn_narrow"), "head": ("digits", "compositional", "ctc"),
             "reader": ("pooled", "positional"), "compose_mode": ("splice", "paste"),
             "class_weight": ("effective_number", "balanced", "none"), "split_by": ("sequence", "sample"),
             "loss": ("ce", "logit_adjusted", "balanced_softmax"), "method": METHODS,

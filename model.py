@@ -27,7 +27,7 @@ import torchvision
 EMPTY = 10
 BLANK = 10  # CTC blank among the column classes (digits 0-9 keep their own index)
 NEG = -1e30  # log of "impossible" in the CTC forward pass
-BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "cnn": 256}  # name -> feature channels
+BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "cnn": 256, "cnn_narrow": 256}  # -> channels
 
 
 def _resnet(name: str, pretrained: bool) -> tuple[nn.Module, bool]:
@@ -48,23 +48,30 @@ def _resnet(name: str, pretrained: bool) -> tuple[nn.Module, bool]:
         socket.setdefaulttimeout(old)
 
 
-def _conv(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+def _conv(cin: int, cout: int, width: int = 3) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, (3, width), padding=(1, width // 2), bias=False), nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True)]
 
 
-def small_cnn() -> nn.Sequential:
+def small_cnn(narrow: bool = False) -> nn.Sequential:
     """A 6-conv, stride-8 trunk for training from scratch: 1.13 M parameters and 0.14 GMACs per 64 px frame
-    (ResNet-18: 11.2 M, 0.15). ResNet's stride-4 stem blurs 8-px digits away; this keeps an 8x8 map at 64 px."""
+    (ResNet-18: 11.2 M, 0.15). ResNet's stride-4 stem blurs 8-px digits away; this keeps an 8x8 map at 64 px.
+    Each cell of its map sees 62x62 px, the whole crop, so every feature can hold both digits of a print and
+    a model can learn '49' as one pattern. `narrow`: the last three convs are 3x1 (vertical only), so a cell
+    sees a 22 px wide, 62 px tall strip (one digit of a print at 64 px) and a column reader must read the digits
+    one by one (0.44 M parameters)."""
+    w = 1 if narrow else 3
     return nn.Sequential(*_conv(3, 32), nn.MaxPool2d(2), *_conv(32, 64), nn.MaxPool2d(2),
-                         *_conv(64, 128), *_conv(128, 128), nn.MaxPool2d(2), *_conv(128, 256), *_conv(256, 256))
+                         *_conv(64, 128), *_conv(128, 128, w), nn.MaxPool2d(2), *_conv(128, 256, w),
+                         *_conv(256, 256, w))
 
 
 def trunk(name: str, pretrained: bool) -> tuple[nn.Sequential, bool]:
     """Feature-map extractor [N, 3, H, W] -> [N, C, h, w] and whether ImageNet weights were loaded."""
     if name not in BACKBONES:
         raise ValueError(f"backbone must be one of {list(BACKBONES)}, got {name!r}")
-    if name == "cnn":
-        return small_cnn(), False
+    if name in ("cnn", "cnn_narrow"):
+        return small_cnn(narrow=name == "cnn_narrow"), False
     resnet, loaded = _resnet(name, pretrained)
     return nn.Sequential(*list(resnet.children())[:-2]), loaded  # drop avgpool and fc
 
@@ -114,11 +121,12 @@ class ColumnReader(nn.Module):
     `min_cols` (ResNet at 64 px: 2) are stretched so that '88' (8, blank, 8) still fits; a print two
     columns wide needs that too (--ctc_columns=16 on the cnn trunk's 8 columns)."""
 
-    def __init__(self, c: int, hidden: int, dropout: float, min_cols: int = 8):
+    def __init__(self, c: int, hidden: int, dropout: float, min_cols: int = 8, context: int = 1):
         super().__init__()
         self.min_cols = min_cols
         self.rows = nn.Conv2d(c, 1, 1)
-        self.net = nn.Sequential(nn.Conv1d(c, hidden, 3, padding=1), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+        # context: columns on each side the classifier also sees (0: every column is read alone)
+        self.net = nn.Sequential(nn.Conv1d(c, hidden, 2 * context + 1, padding=context), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
                                  nn.Dropout(dropout), nn.Conv1d(hidden, 11, 1))
 
     def forward(self, fmap):
@@ -175,7 +183,7 @@ class DigitHead(nn.Module):
 class JerseyTemporalNet(nn.Module):
     def __init__(self, backbone="resnet18", pretrained=True, freeze_fraction=0.6, spatial_attention=True,
                  temporal_attention=True, lstm_hidden=256, lstm_layers=2, dropout=0.3, head_hidden=256,
-                 head="digits", channels_last=False, reader="pooled", init_path="", ctc_columns=8):
+                 head="digits", channels_last=False, reader="pooled", init_path="", ctc_columns=8, ctc_context=1):
         super().__init__()
         self.backbone, self.pretrained_loaded = trunk(backbone, pretrained)
         if init_path and not self.pretrained_loaded:
@@ -201,7 +209,7 @@ class JerseyTemporalNet(nn.Module):
             self.units = DigitHead(d, head_hidden, 10, dropout)
             self.single = DigitHead(d, head_hidden, 10, dropout)
         elif head == "ctc":
-            self.columns = ColumnReader(c, head_hidden, dropout, ctc_columns)
+            self.columns = ColumnReader(c, head_hidden, dropout, ctc_columns, ctc_context)
         else:
             raise ValueError(f"head must be 'digits', 'compositional' or 'ctc', got {head!r}")
         self.channels_last = channels_last
@@ -329,7 +337,8 @@ def build(cfg, pretrained: bool | None = None, init_path: str = "") -> JerseyTem
                              temporal_attention=cfg.temporal_attention, lstm_hidden=cfg.lstm_hidden,
                              lstm_layers=cfg.lstm_layers, dropout=cfg.dropout, head_hidden=cfg.head_hidden,
                              head=cfg.head, channels_last=cfg.channels_last, reader=cfg.reader,
-                             init_path=init_path, ctc_columns=cfg.ctc_columns)
+                             init_path=init_path, ctc_columns=cfg.ctc_columns,
+                             ctc_context=cfg.ctc_context)
 
 
 def fused_for_inference(net: JerseyTemporalNet) -> JerseyTemporalNet:

@@ -45,7 +45,7 @@ def test_ctc_reads_a_crafted_alignment():
     assert model_lib.ctc_number_logprob(torch.randn(3, 8, 11).log_softmax(-1)).exp().sum(1).le(1 + 1e-5).all()
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", "cnn"])
+@pytest.mark.parametrize("backbone", ["resnet18", "cnn", "cnn_narrow"])
 def test_ctc_model_shapes_and_finite_gradients(backbone):
     torch.manual_seed(0)
     net = JerseyTemporalNet(backbone=backbone, pretrained=False, lstm_hidden=16, head_hidden=16, head="ctc")
@@ -77,6 +77,39 @@ def test_ctc_columns_stretch_the_map_and_survive_the_checkpoint_config():
     assert rebuilt.ctc_columns == 16 and config.from_dict({"head": "ctc"}).ctc_columns == 8  # old checkpoints
     with pytest.raises(config.ConfigError, match="ctc_columns"):
         config.load(["--ctc_columns=2"], env_file="")
+
+
+def _input_columns_seen(fn, x, col):
+    """The input columns (x positions) output column `col` of fn(x) [N, C, (h,) W] depends on."""
+    x = x.clone().requires_grad_(True)
+    y = fn(x)
+    y[..., col].sum().backward()
+    seen = (x.grad.abs().sum(tuple(range(x.dim() - 1))) > 0).nonzero().flatten()
+    return seen.min().item(), seen.max().item()
+
+
+def test_narrow_trunk_sees_one_digit_wide_strip_and_the_plain_one_the_whole_crop():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 64, 64)
+    narrow, plain = model_lib.small_cnn(narrow=True).eval(), model_lib.small_cnn().eval()
+    lo, hi = _input_columns_seen(narrow, x, 4)
+    assert hi - lo + 1 == 22 and lo <= 36 <= hi  # map column 4 is centred near x = 36
+    lo, hi = _input_columns_seen(plain, x, 4)
+    assert hi - lo + 1 > 50
+    assert model_lib.trunk("cnn_narrow", False)[0](x).shape == (1, model_lib.BACKBONES["cnn_narrow"], 8, 8)
+
+
+def test_ctc_context_zero_reads_each_column_alone_and_survives_the_checkpoint_config():
+    torch.manual_seed(0)
+    fmap = torch.randn(2, 16, 4, 8)
+    alone = model_lib.ColumnReader(16, 8, 0.0, 8, context=0).eval()
+    assert _input_columns_seen(lambda f: alone(f).transpose(1, 2), fmap, 3) == (3, 3)
+    wide = model_lib.ColumnReader(16, 8, 0.0, 8).eval()  # the default sees one column on each side
+    assert _input_columns_seen(lambda f: wide(f).transpose(1, 2), fmap, 3) == (2, 4)
+    assert config.from_dict({"head": "ctc", "ctc_context": 0}).ctc_context == 0
+    assert config.from_dict({"head": "ctc"}).ctc_context == 1  # checkpoints from before the option
+    with pytest.raises(config.ConfigError, match="ctc_context"):
+        config.load(["--ctc_context=-1"], env_file="")
 
 
 @pytest.mark.parametrize("head", ["digits", "ctc"])
