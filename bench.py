@@ -5,7 +5,7 @@
 
 Measured (sequences per second unless noted):
   train_model_bound      the recipe's train step (train.train_step: MixUp, loss, clipping, fused AdamW) on a
-                         batch already in memory, normalised and augmented (the ceiling for end-to-end training)
+                         batch of input already in memory (the ceiling for end-to-end training)
   train_end_to_end       train_one_epoch on the embedded data: cached uint8 frames, batched augmentation
   train_reference        the original way: float32, contiguous tensors, every frame decoded, sharpened,
                          resized and augmented with PIL in __getitem__ on every epoch
@@ -24,6 +24,7 @@ ratio compares are timed in 5 interleaved rounds (model-bound, ours, reference, 
 spell of a shared machine falls on both sides of the ratio, not on one.
 """
 import dataclasses
+import itertools
 import os
 import platform
 import resource
@@ -111,8 +112,8 @@ def make_model(cfg, device, fast: bool):
 
 
 def model_bound_train(cfg, device, dtype, block):
-    """The recipe's training step (train.train_step: MixUp, loss, clipping, update) on one batch already in
-    memory, normalised and augmented: the ceiling end-to-end training can reach."""
+    """The recipe's training step (train.train_step: MixUp, loss, clipping, update) on one batch of input
+    already in memory, as prepare_batch leaves it: the ceiling end-to-end training can reach."""
     net = make_model(cfg, device, dtype is not None).train()
     crit = train.Criterion(cfg, cfg.train_classes, device)
     opt = utils.adamw(net.parameters(), device, lr=1e-4)
@@ -144,16 +145,11 @@ def pipeline_blocks(cfg, samples, store, steps):
     ours = dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.train_sampling, cfg.use_anchor)
     ours_loader = DataLoader(ours, batch_size=cfg.batch_size, shuffle=True, collate_fn=dataset.collate)
     naive_loader = DataLoader(NaiveTrackletDataset(samples, cfg, True), batch_size=cfg.batch_size, shuffle=True)
-
-    def ours_batch(it=[iter(ours_loader)]):
-        b = next(it[0], None)
-        if b is None:
-            it[0] = iter(ours_loader)
-            b = next(it[0])
-        train.prepare_batch(b, cfg, torch.device("cpu"), train=True)
-    it = iter(naive_loader)
-    return {"pipeline": repeat(ours_batch, cfg.batch_size, max(1, steps // 3)),
-            "pipeline_naive": repeat(lambda: next(it), cfg.batch_size, max(1, steps // 12), 1)}
+    # endless, so any --bench_steps fits in the data
+    ours_it, naive_it = (itertools.chain.from_iterable(itertools.repeat(dl)) for dl in (ours_loader, naive_loader))
+    return {"pipeline": repeat(lambda: train.prepare_batch(next(ours_it), cfg, torch.device("cpu"), train=True),
+                               cfg.batch_size, max(1, steps // 3)),
+            "pipeline_naive": repeat(lambda: next(naive_it), cfg.batch_size, max(1, steps // 12), 1)}
 
 
 def end_to_end_train(cfg, samples, store, device, dtype, block, reference: bool):
