@@ -46,6 +46,7 @@ class Config:
     cache_dir: str = "data/cache"        # decoded frames are cached here (uint8), keyed by path, mtime and settings
     # model
     backbone: str = "resnet18"           # resnet18 | resnet34 | resnet50 | cnn (small, for training from scratch)
+                                         # | cnn_narrow (cnn whose map columns each see a 22 px strip)
     pretrained: bool = True              # ImageNet weights (downloaded or cached by torchvision)
     backbone_init: str = "auto"          # auto: digit-glyph pretraining when ImageNet weights are unavailable;
                                          # none: random; or a path written by pretrain.py

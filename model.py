@@ -126,8 +126,8 @@ class ColumnReader(nn.Module):
         self.min_cols = min_cols
         self.rows = nn.Conv2d(c, 1, 1)
         # context: columns on each side the classifier also sees (0: every column is read alone)
-        self.net = nn.Sequential(nn.Conv1d(c, hidden, 2 * context + 1, padding=context), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                                 nn.Dropout(dropout), nn.Conv1d(hidden, 11, 1))
+        self.net = nn.Sequential(nn.Conv1d(c, hidden, 2 * context + 1, padding=context), nn.BatchNorm1d(hidden),
+                                 nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Conv1d(hidden, 11, 1))
 
     def forward(self, fmap):
         a = torch.softmax(self.rows(fmap).float(), dim=2).to(fmap.dtype)
