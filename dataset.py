@@ -6,6 +6,7 @@ Every frame is decoded, sharpened and resized once (the SPEC recipe) into a uint
 on disk; augmentation then runs on whole batches of tensors (see `augment`). __getitem__ only picks
 frame indices, so an epoch costs no image decoding.
 """
+import atexit
 import glob
 import hashlib
 import json
@@ -320,16 +321,30 @@ def _fingerprint(paths, size, sharpen, crop) -> str:
     return h.hexdigest()[:16]
 
 
+_POOLS = {}  # (pid, workers) -> Pool
+
+
+def decode_pool(workers: int) -> Pool:
+    """A pool of decoding processes kept for the life of this process. Forking a process that already holds a
+    model costs ~40 ms, as much as decoding a few hundred small frames, so a predictor that reads folder after
+    folder would pay it on every call. Keyed by pid: a forked child (a DataLoader worker) makes its own."""
+    key = (os.getpid(), workers)
+    if key not in _POOLS:
+        _POOLS[key] = pool = Pool(workers)
+        atexit.register(pool.terminate)
+    return _POOLS[key]
+
+
 def _decode_all(paths, size, sharpen, crop, workers):
     frames = np.zeros((len(paths), size, size, 3), np.uint8)
     ok = np.zeros(len(paths), bool)
     jobs = [(p, size, sharpen, crop) for p in paths]
     workers = workers or min(os.cpu_count() or 1, 8)
     bar = dict(total=len(paths), desc="decoding frames", unit="img", leave=False, mininterval=1)
-    if workers > 1 and len(paths) > 256:
-        with Pool(workers) as pool:
-            results = pool.imap(_load_or_none, jobs, chunksize=64)
-            _fill(frames, ok, tqdm(results, **bar))
+    if workers > 1 and len(paths) > 128:
+        # a few chunks per worker: each result crosses a pipe, so tiny chunks cost more in messages than they save
+        chunk = max(8, min(128, len(paths) // (4 * workers)))
+        _fill(frames, ok, tqdm(decode_pool(workers).imap(_load_or_none, jobs, chunksize=chunk), **bar))
     else:
         _fill(frames, ok, tqdm(map(_load_or_none, jobs), **bar))
     return frames, ok

@@ -80,6 +80,23 @@ def test_frame_store_decodes_once_and_skips_unreadable(tiny_root, tmp_path):
     assert np.array_equal(again.frames, store.frames)
 
 
+def test_pooled_decoding_matches_one_process_and_reuses_its_pool(tiny_root):
+    samples, _ = dataset.crawl(str(tiny_root))
+    paths = sorted({p for s in samples for p in s.frames}) * 20  # enough frames for the pool (> 128)
+    one, ok1 = dataset._decode_all(paths, 32, 2.0, (0, 0, 1, 1), workers=1)
+    two, ok2 = dataset._decode_all(paths, 32, 2.0, (0, 0, 1, 1), workers=2)
+    assert len(paths) > 128 and ok1.all() and np.array_equal(ok1, ok2) and np.array_equal(one, two)
+    assert dataset.decode_pool(2) is dataset.decode_pool(2)  # kept: no fork per call
+    r, w = os.pipe()
+    if (pid := os.fork()) == 0:  # a forked child (a DataLoader worker) must not use its parent's pool
+        own = dataset.decode_pool(2)
+        os.write(w, b"1" if own is not dataset._POOLS[(os.getppid(), 2)] else b"0")
+        own.terminate()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(r, 1) == b"1"
+
+
 def test_crop_keeps_only_its_box_and_has_its_own_cache(tmp_path):
     """--crop cuts the box out before the resize (so it keeps the pixels), and never reads a full-frame cache."""
     from PIL import Image
