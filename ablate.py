@@ -21,6 +21,7 @@ import torch
 
 import config
 import evaluate
+import pretrain
 import synth
 import train
 import utils
@@ -66,6 +67,11 @@ METHODS["torso_compose_paste_pairs"] = METHODS["torso_compose_paste"] + [
 # a reader that cannot see two digits at once: each column of the trunk's map sees a 22 px strip (one digit)
 # and the CTC column classifier reads each column alone, so '49' cannot be learnt as one pattern (report 6.13)
 METHODS["torso_narrow_ctc"] = METHODS["torso_ctc_nomix"] + ["--backbone=cnn_narrow", "--ctc_context=0"]
+# the same reader with columns 4 px apart: an '88' has room for the blank between its two 8s
+METHODS["torso_narrow16_ctc"] = METHODS["torso_ctc_nomix"] + ["--backbone=cnn_narrow16", "--ctc_context=0"]
+# the same reader shown two-digit prints of every allowed pair: single-digit bands pasted side by side on one
+# shirt (section 6.4), in case a column reader takes a pasted pair for a printed one
+METHODS["torso_narrow_ctc_paste"] = METHODS["torso_narrow_ctc"] + ["--compose_prob=0.5", "--compose_mode=paste"]
 HARD_TRAIN, HARD_TEST = synth.HARD_TRAIN, synth.HARD_TEST  # the harder split, defined in synth.py
 
 
@@ -199,12 +205,23 @@ def main(argv=None):
     for split in args["split"].split(","):
         settings = split_settings(split, args["synth_scale"], 0, args["passthrough"])
         todo += [(split, m, s, args, *settings) for m in methods for s in seeds if (split, m, s) not in done]
+    if args["jobs"] > 1:
+        make_trunks({t[1] for t in todo}, args["passthrough"])
     for row in _run_all(todo, args["jobs"]):
         rows.append(row)
         save(rows, args)
     if rows:
         save(backfill(rows, args["out_dir"]), args)
         log.info("\n%s", markdown(summarize(rows), args))
+
+
+def make_trunks(methods, passthrough):
+    """Make here, once, every glyph-pretrained trunk the runs will look for (train.glyph_init): parallel runs
+    would otherwise each spend minutes pretraining the same trunk. Each run then finds it in the cache."""
+    for m in sorted(methods):
+        cfg = config.load(["--method=original"] + METHODS[m] + list(passthrough))[0]
+        if cfg.backbone_init == "auto" and cfg.pretrained and not os.path.exists(pretrain.weights_path(cfg)):
+            train.build_model(cfg, torch.device("cpu"))  # tries ImageNet weights first, as a run does
 
 
 def _run_all(todo, jobs: int):

@@ -6,8 +6,11 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 import ablate
 import config
+import model
 
 
 def test_grid_writes_every_run_and_a_table_and_resumes(tmp_path):
@@ -75,6 +78,22 @@ def test_original_split_data_is_made_by_the_parent_before_parallel_runs(tmp_path
                                                                            f"--results_dir={tmp_path}"])
     assert root == "" and sorted(test) == [48, 64, 88] and 49 in train and 44 in extra
     assert (synth_root / "scale0.01_seed0" / ".complete").is_file()  # the runs find it made, not half-written
+
+
+def test_parallel_grid_pretrains_each_glyph_trunk_once_in_the_parent(tmp_path, monkeypatch):
+    made = []
+
+    def fake_pretrain(cfg, path):
+        made.append((cfg.backbone, path))  # the cache file the runs will look for, with untrained weights
+        torch.save({"trunk": model.trunk(cfg.backbone, False)[0].state_dict()}, path)
+    monkeypatch.setattr(ablate.pretrain, "pretrain", fake_pretrain)
+    flags = [f"--cache_dir={tmp_path}", "--img_size=32", "--lstm_hidden=8", "--head_hidden=8"]
+    methods = {"torso_narrow_ctc", "torso_narrow_ctc_paste"}  # two methods, one trunk
+    ablate.make_trunks(methods, flags)
+    assert [b for b, _ in made] == ["cnn_narrow"] and os.path.isfile(made[0][1])
+    ablate.make_trunks(methods, flags)  # cached now: nothing is made again
+    ablate.make_trunks(methods, flags + ["--pretrained=false"])  # random initialisation: no trunk to make
+    assert len(made) == 1
 
 
 def test_table_budget_names_every_seed_in_the_file_not_only_the_last_invocations():
