@@ -27,7 +27,7 @@ import torchvision
 EMPTY = 10
 BLANK = 10  # CTC blank among the column classes (digits 0-9 keep their own index)
 NEG = -1e30  # log of "impossible" in the CTC forward pass
-BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "cnn": 256, "cnn_narrow": 256}  # -> channels
+BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "cnn": 256, "cnn_narrow": 256, "cnn_narrow16": 256}  # -> channels
 
 
 def _resnet(name: str, pretrained: bool) -> tuple[nn.Module, bool]:
@@ -53,16 +53,19 @@ def _conv(cin: int, cout: int, width: int = 3) -> list[nn.Module]:
             nn.ReLU(inplace=True)]
 
 
-def small_cnn(narrow: bool = False) -> nn.Sequential:
+def small_cnn(narrow: bool = False, columns: int = 8) -> nn.Sequential:
     """A 6-conv, stride-8 trunk for training from scratch: 1.13 M parameters and 0.14 GMACs per 64 px frame
     (ResNet-18: 11.2 M, 0.15). ResNet's stride-4 stem blurs 8-px digits away; this keeps an 8x8 map at 64 px.
     Each cell of its map sees 62x62 px, the whole crop, so every feature can hold both digits of a print and
     a model can learn '49' as one pattern. `narrow`: the last three convs are 3x1 (vertical only), so a cell
     sees a 22 px wide, 62 px tall strip (one digit of a print at 64 px) and a column reader must read the digits
-    one by one (0.44 M parameters)."""
+    one by one (0.44 M parameters). `columns=16` makes the last pooling vertical only: the same weights, 18 px
+    strips 4 px apart instead of 22 px strips 8 px apart, so two equal digits ('88') leave a column between
+    them that sees neither whole and can read blank, which CTC needs to keep both."""
     w = 1 if narrow else 3
+    last_pool = nn.MaxPool2d(2) if columns == 8 else nn.MaxPool2d((2, 1))
     return nn.Sequential(*_conv(3, 32), nn.MaxPool2d(2), *_conv(32, 64), nn.MaxPool2d(2),
-                         *_conv(64, 128), *_conv(128, 128, w), nn.MaxPool2d(2), *_conv(128, 256, w),
+                         *_conv(64, 128), *_conv(128, 128, w), last_pool, *_conv(128, 256, w),
                          *_conv(256, 256, w))
 
 
@@ -70,8 +73,8 @@ def trunk(name: str, pretrained: bool) -> tuple[nn.Sequential, bool]:
     """Feature-map extractor [N, 3, H, W] -> [N, C, h, w] and whether ImageNet weights were loaded."""
     if name not in BACKBONES:
         raise ValueError(f"backbone must be one of {list(BACKBONES)}, got {name!r}")
-    if name in ("cnn", "cnn_narrow"):
-        return small_cnn(narrow=name == "cnn_narrow"), False
+    if name.startswith("cnn"):
+        return small_cnn(narrow=name.startswith("cnn_narrow"), columns=16 if name.endswith("16") else 8), False
     resnet, loaded = _resnet(name, pretrained)
     return nn.Sequential(*list(resnet.children())[:-2]), loaded  # drop avgpool and fc
 

@@ -45,7 +45,7 @@ def test_ctc_reads_a_crafted_alignment():
     assert model_lib.ctc_number_logprob(torch.randn(3, 8, 11).log_softmax(-1)).exp().sum(1).le(1 + 1e-5).all()
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", "cnn", "cnn_narrow"])
+@pytest.mark.parametrize("backbone", ["resnet18", "cnn", "cnn_narrow", "cnn_narrow16"])
 def test_ctc_model_shapes_and_finite_gradients(backbone):
     torch.manual_seed(0)
     net = JerseyTemporalNet(backbone=backbone, pretrained=False, lstm_hidden=16, head_hidden=16, head="ctc")
@@ -97,6 +97,10 @@ def test_narrow_trunk_sees_one_digit_wide_strip_and_the_plain_one_the_whole_crop
     lo, hi = _input_columns_seen(plain, x, 4)
     assert hi - lo + 1 > 50
     assert model_lib.trunk("cnn_narrow", False)[0](x).shape == (1, model_lib.BACKBONES["cnn_narrow"], 8, 8)
+    sixteen = model_lib.trunk("cnn_narrow16", False)[0].eval()
+    assert sixteen(x).shape == (1, model_lib.BACKBONES["cnn_narrow16"], 8, 16)
+    (lo7, hi7), (lo8, hi8) = _input_columns_seen(sixteen, x, 7), _input_columns_seen(sixteen, x, 8)
+    assert hi7 - lo7 + 1 == hi8 - lo8 + 1 == 18 and lo8 - lo7 == 4  # 18 px strips, 4 px apart
 
 
 def test_ctc_context_zero_reads_each_column_alone_and_survives_the_checkpoint_config():
