@@ -47,7 +47,7 @@ class Config:
     # model
     backbone: str = "resnet18"           # resnet18 | resnet34 | resnet50 | cnn (small, for training from scratch)
                                          # | cnn_narrow (cnn whose map columns each see a 22 px strip)
-                                         # | cnn_narrow16 (16 columns 4 px apart, 18 px strips)
+                                         # | cnn_narrow16 (16 columns 4 px apart, 18 px strips) | cnn_thin (16, 10 px)
     pretrained: bool = True              # ImageNet weights (downloaded or cached by torchvision)
     backbone_init: str = "auto"          # auto: digit-glyph pretraining when ImageNet weights are unavailable;
                                          # none: random; or a path written by pretrain.py
@@ -177,7 +177,7 @@ class Config:
         e += [msg for ok, msg in checks if not ok]
         choices = {
             "train_sampling": ("uniform", "random", "center"), "eval_sampling": ("uniform", "random", "center"),
-            "backbone": ("resnet18", "resnet34", "resnet50", "cnn", "cnn_narrow", "cnn_narrow16"), "head": ("digits", "compositional", "ctc"),
+            "backbone": ("resnet18", "resnet34", "resnet50", "cnn", "cnn_narrow", "cnn_narrow16", "cnn_thin"), "head": ("digits", "compositional", "ctc"),
             "reader": ("pooled", "positional"), "compose_mode": ("splice", "paste"),
             "class_weight": ("effective_number", "balanced", "none"), "split_by": ("sequence", "sample"),
             "loss": ("ce", "logit_adjusted", "balanced_softmax"), "method": METHODS,

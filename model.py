@@ -27,7 +27,7 @@ import torchvision
 EMPTY = 10
 BLANK = 10  # CTC blank among the column classes (digits 0-9 keep their own index)
 NEG = -1e30  # log of "impossible" in the CTC forward pass
-BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "cnn": 256, "cnn_narrow": 256, "cnn_narrow16": 256}  # -> channels
+BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "cnn": 256, "cnn_narrow": 256, "cnn_narrow16": 256, "cnn_thin": 256}  # -> channels
 
 
 def _resnet(name: str, pretrained: bool) -> tuple[nn.Module, bool]:
@@ -53,28 +53,34 @@ def _conv(cin: int, cout: int, width: int = 3) -> list[nn.Module]:
             nn.ReLU(inplace=True)]
 
 
-def small_cnn(narrow: bool = False, columns: int = 8) -> nn.Sequential:
+# small trunks: name -> (how many of the six convs are 3x3, the rest 3x1; map columns at 64 px)
+SMALL_CNNS = {"cnn": (6, 8), "cnn_narrow": (3, 8), "cnn_narrow16": (3, 16), "cnn_thin": (2, 16)}
+
+
+def small_cnn(wide_convs: int = 6, columns: int = 8) -> nn.Sequential:
     """A 6-conv, stride-8 trunk for training from scratch: 1.13 M parameters and 0.14 GMACs per 64 px frame
     (ResNet-18: 11.2 M, 0.15). ResNet's stride-4 stem blurs 8-px digits away; this keeps an 8x8 map at 64 px.
     Each cell of its map sees 62x62 px, the whole crop, so every feature can hold both digits of a print and
-    a model can learn '49' as one pattern. `narrow`: the last three convs are 3x1 (vertical only), so a cell
-    sees a 22 px wide, 62 px tall strip (one digit of a print at 64 px) and a column reader must read the digits
-    one by one (0.44 M parameters). `columns=16` makes the last pooling vertical only: the same weights, 18 px
-    strips 4 px apart instead of 22 px strips 8 px apart, so two equal digits ('88') leave a column between
-    them that sees neither whole and can read blank, which CTC needs to keep both."""
-    w = 1 if narrow else 3
+    a model can learn '49' as one pattern. Only the first `wide_convs` convs are 3x3, the rest 3x1 (vertical
+    only), which narrows the strip of the crop a map column sees: 22 px with 3 (cnn_narrow, 0.44 M parameters),
+    10 px with 2 (cnn_thin). `columns=16` makes the last pooling vertical only, so columns are 4 px apart, not
+    8, and the last pooling no longer widens the strip (cnn_narrow16: 18 px). Strips and spacing are measured
+    in tests/test_ctc.py. A two-digit print in the torso band is ~16-20 px wide at 64 px, so only the 10 px
+    strip sees one digit of it at a time; the closer spacing leaves a column between two equal digits ('88')
+    that can read blank, which CTC needs to keep both."""
+    w = [3 if i < wide_convs else 1 for i in range(6)]
     last_pool = nn.MaxPool2d(2) if columns == 8 else nn.MaxPool2d((2, 1))
-    return nn.Sequential(*_conv(3, 32), nn.MaxPool2d(2), *_conv(32, 64), nn.MaxPool2d(2),
-                         *_conv(64, 128), *_conv(128, 128, w), last_pool, *_conv(128, 256, w),
-                         *_conv(256, 256, w))
+    return nn.Sequential(*_conv(3, 32, w[0]), nn.MaxPool2d(2), *_conv(32, 64, w[1]), nn.MaxPool2d(2),
+                         *_conv(64, 128, w[2]), *_conv(128, 128, w[3]), last_pool, *_conv(128, 256, w[4]),
+                         *_conv(256, 256, w[5]))
 
 
 def trunk(name: str, pretrained: bool) -> tuple[nn.Sequential, bool]:
     """Feature-map extractor [N, 3, H, W] -> [N, C, h, w] and whether ImageNet weights were loaded."""
     if name not in BACKBONES:
         raise ValueError(f"backbone must be one of {list(BACKBONES)}, got {name!r}")
-    if name.startswith("cnn"):
-        return small_cnn(narrow=name.startswith("cnn_narrow"), columns=16 if name.endswith("16") else 8), False
+    if name in SMALL_CNNS:
+        return small_cnn(*SMALL_CNNS[name]), False
     resnet, loaded = _resnet(name, pretrained)
     return nn.Sequential(*list(resnet.children())[:-2]), loaded  # drop avgpool and fc
 

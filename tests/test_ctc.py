@@ -45,7 +45,7 @@ def test_ctc_reads_a_crafted_alignment():
     assert model_lib.ctc_number_logprob(torch.randn(3, 8, 11).log_softmax(-1)).exp().sum(1).le(1 + 1e-5).all()
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", "cnn", "cnn_narrow", "cnn_narrow16"])
+@pytest.mark.parametrize("backbone", ["resnet18", "cnn", "cnn_narrow", "cnn_narrow16", "cnn_thin"])
 def test_ctc_model_shapes_and_finite_gradients(backbone):
     torch.manual_seed(0)
     net = JerseyTemporalNet(backbone=backbone, pretrained=False, lstm_hidden=16, head_hidden=16, head="ctc")
@@ -88,19 +88,17 @@ def _input_columns_seen(fn, x, col):
     return seen.min().item(), seen.max().item()
 
 
-def test_narrow_trunk_sees_one_digit_wide_strip_and_the_plain_one_the_whole_crop():
+@pytest.mark.parametrize("name,strip,columns", [("cnn_narrow", 22, 8), ("cnn_narrow16", 18, 16), ("cnn_thin", 10, 16)])
+def test_narrow_trunks_see_strips_of_the_crop_and_the_plain_one_the_whole_crop(name, strip, columns):
     torch.manual_seed(0)
     x = torch.randn(1, 3, 64, 64)
-    narrow, plain = model_lib.small_cnn(narrow=True).eval(), model_lib.small_cnn().eval()
-    lo, hi = _input_columns_seen(narrow, x, 4)
-    assert hi - lo + 1 == 22 and lo <= 36 <= hi  # map column 4 is centred near x = 36
-    lo, hi = _input_columns_seen(plain, x, 4)
+    net = model_lib.trunk(name, False)[0].eval()
+    assert net(x).shape == (1, model_lib.BACKBONES[name], 8, columns)
+    (lo, hi), (lo2, hi2) = _input_columns_seen(net, x, columns // 2), _input_columns_seen(net, x, columns // 2 + 1)
+    assert hi - lo + 1 == hi2 - lo2 + 1 == strip and lo2 - lo == 64 // columns
+    assert lo <= 36 <= hi  # the middle column is centred near the middle of the crop
+    lo, hi = _input_columns_seen(model_lib.trunk("cnn", False)[0].eval(), x, 4)
     assert hi - lo + 1 > 50
-    assert model_lib.trunk("cnn_narrow", False)[0](x).shape == (1, model_lib.BACKBONES["cnn_narrow"], 8, 8)
-    sixteen = model_lib.trunk("cnn_narrow16", False)[0].eval()
-    assert sixteen(x).shape == (1, model_lib.BACKBONES["cnn_narrow16"], 8, 16)
-    (lo7, hi7), (lo8, hi8) = _input_columns_seen(sixteen, x, 7), _input_columns_seen(sixteen, x, 8)
-    assert hi7 - lo7 + 1 == hi8 - lo8 + 1 == 18 and lo8 - lo7 == 4  # 18 px strips, 4 px apart
 
 
 def test_ctc_context_zero_reads_each_column_alone_and_survives_the_checkpoint_config():
