@@ -65,9 +65,9 @@ def small_cnn(wide_convs: int = 6, columns: int = 8) -> nn.Sequential:
     only), which narrows the strip of the crop a map column sees: 22 px with 3 (cnn_narrow, 0.44 M parameters),
     10 px with 2 (cnn_thin). `columns=16` makes the last pooling vertical only, so columns are 4 px apart, not
     8, and the last pooling no longer widens the strip (cnn_narrow16: 18 px). Strips and spacing are measured
-    in tests/test_ctc.py. A two-digit print in the torso band is ~16-20 px wide at 64 px, so only the 10 px
-    strip sees one digit of it at a time; the closer spacing leaves a column between two equal digits ('88')
-    that can read blank, which CTC needs to keep both."""
+    in tests/test_ctc.py. A two-digit print in the torso band looks ~16-20 px wide at 64 px (judged by eye on
+    the embedded data), so only the 10 px strip would see one digit of it at a time; the closer spacing leaves
+    a column between two equal digits ('88') that can read blank, which CTC needs to keep both."""
     w = [3 if i < wide_convs else 1 for i in range(6)]
     last_pool = nn.MaxPool2d(2) if columns == 8 else nn.MaxPool2d((2, 1))
     return nn.Sequential(*_conv(3, 32, w[0]), nn.MaxPool2d(2), *_conv(32, 64, w[1]), nn.MaxPool2d(2),
