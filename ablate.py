@@ -69,7 +69,7 @@ METHODS["torso_compose_paste_pairs"] = METHODS["torso_compose_paste"] + [
 METHODS["torso_narrow_ctc"] = METHODS["torso_ctc_nomix"] + ["--backbone=cnn_narrow", "--ctc_context=0"]
 # the same reader with columns 4 px apart: an '88' has room for the blank between its two 8s
 METHODS["torso_narrow16_ctc"] = METHODS["torso_ctc_nomix"] + ["--backbone=cnn_narrow16", "--ctc_context=0"]
-# columns that see 10 px strips, 4 px apart: one digit of a two-digit print (~16-20 px wide at 64 px) at a time
+# columns that see 10 px strips, 4 px apart: one digit of a two-digit print (~16-20 px wide at 64 px, by eye)
 METHODS["torso_thin_ctc"] = METHODS["torso_ctc_nomix"] + ["--backbone=cnn_thin", "--ctc_context=0"]
 # the same reader shown two-digit prints of every allowed pair: single-digit bands pasted side by side on one
 # shirt (section 6.4), in case a column reader takes a pasted pair for a printed one

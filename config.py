@@ -177,7 +177,8 @@ class Config:
         e += [msg for ok, msg in checks if not ok]
         choices = {
             "train_sampling": ("uniform", "random", "center"), "eval_sampling": ("uniform", "random", "center"),
-            "backbone": ("resnet18", "resnet34", "resnet50", "cnn", "cnn_narrow", "cnn_narrow16", "cnn_thin"), "head": ("digits", "compositional", "ctc"),
+            "backbone": ("resnet18", "resnet34", "resnet50", "cnn", "cnn_narrow", "cnn_narrow16", "cnn_thin"),
+            "head": ("digits", "compositional", "ctc"),
             "reader": ("pooled", "positional"), "compose_mode": ("splice", "paste"),
             "class_weight": ("effective_number", "balanced", "none"), "split_by": ("sequence", "sample"),
             "loss": ("ce", "logit_adjusted", "balanced_softmax"), "method": METHODS,

@@ -27,7 +27,9 @@ import torchvision
 EMPTY = 10
 BLANK = 10  # CTC blank among the column classes (digits 0-9 keep their own index)
 NEG = -1e30  # log of "impossible" in the CTC forward pass
-BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "cnn": 256, "cnn_narrow": 256, "cnn_narrow16": 256, "cnn_thin": 256}  # -> channels
+# small trunks: name -> (how many of the six convs are 3x3, the rest 3x1; map columns at 64 px)
+SMALL_CNNS = {"cnn": (6, 8), "cnn_narrow": (3, 8), "cnn_narrow16": (3, 16), "cnn_thin": (2, 16)}
+BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048} | dict.fromkeys(SMALL_CNNS, 256)  # -> channels
 
 
 def _resnet(name: str, pretrained: bool) -> tuple[nn.Module, bool]:
@@ -51,10 +53,6 @@ def _resnet(name: str, pretrained: bool) -> tuple[nn.Module, bool]:
 def _conv(cin: int, cout: int, width: int = 3) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, (3, width), padding=(1, width // 2), bias=False), nn.BatchNorm2d(cout),
             nn.ReLU(inplace=True)]
-
-
-# small trunks: name -> (how many of the six convs are 3x3, the rest 3x1; map columns at 64 px)
-SMALL_CNNS = {"cnn": (6, 8), "cnn_narrow": (3, 8), "cnn_narrow16": (3, 16), "cnn_thin": (2, 16)}
 
 
 def small_cnn(wide_convs: int = 6, columns: int = 8) -> nn.Sequential:
