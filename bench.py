@@ -68,15 +68,10 @@ class NaiveTrackletDataset(Dataset):
         return torch.stack(frames), t, u, s.number
 
 
-def best_rate(block, repeats: int = 3) -> float:
-    """Items per second of the fastest of `repeats` calls of `block` (which returns how many items it did):
-    on a shared machine the slower calls measure interference, not the code (timeit's rule)."""
-    return paired_rates({"": block}, repeats)[""]
-
-
 def paired_rates(blocks: dict, repeats: int = 3) -> dict:
-    """Best items per second of each block, timed in interleaved rounds (a, b, c, a, b, c, ...): the paths a
-    ratio compares meet the same machine state, so drift on a shared CPU does not land on one side of it."""
+    """Best items per second of each block (a callable returning how many items it did), timed in interleaved
+    rounds (a, b, c, a, b, c, ...): the paths a ratio compares meet the same machine state, so drift on a shared
+    CPU does not land on one side of it. The best, not the mean: slower calls measure interference (timeit's rule)."""
     best = dict.fromkeys(blocks, 0.0)
     for _ in range(repeats):
         for name, block in blocks.items():
@@ -99,7 +94,7 @@ def repeat(fn, n_items: int, times: int, warmup: int = 2):
 
 
 def rate(fn, n_items: int, steps: int, warmup: int = 2, repeats: int = 3) -> float:
-    return best_rate(repeat(fn, n_items, max(1, steps // repeats), warmup), repeats)
+    return paired_rates({"": repeat(fn, n_items, max(1, steps // repeats), warmup)}, repeats)[""]
 
 
 def make_model(cfg, device, fast: bool):

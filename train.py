@@ -440,7 +440,7 @@ def glyph_init(cfg, rank: int, make: bool) -> str:
         if rank == 0:
             log.info("no ImageNet weights: pretraining the %s trunk on rendered digits first (%d steps, "
                      "cached as %s; --backbone_init=none to skip)", cfg.backbone, cfg.pretrain_steps, path)
-            if not cfg.backbone.startswith("cnn"):
+            if cfg.backbone not in model_lib.SMALL_CNNS:
                 log.warning("warning: on a CPU, --backbone=cnn learns from rendered digits far sooner than a "
                             "ResNet does (TECHNICAL_REPORT.md, section 6)")
             pretrain.pretrain(cfg, path)
