@@ -110,6 +110,7 @@ def run_one(split, method, seed, args, data_root, train_nums, test_nums, extra):
     row["val"] = {r: m["accuracy"] for r, m in val["rules"].items()}
     row["val_per_number"] = {n: v["accuracy"] for n, v in val["per_number"].items()}
     row["val_two_digit"] = two_digit(val["per_number"])
+    row["val_by_height"] = val["by_frame_height"]
     row["tau"] = val["config"]["logit_tau"]
     row["split_threshold"] = val["config"]["split_threshold"] if "split" in val["rules"] else None
     row["crop"] = val["config"]["crop"]
@@ -121,6 +122,7 @@ def run_one(split, method, seed, args, data_root, train_nums, test_nums, extra):
             row[f"{name}_one_digit"] = one_digit_share(res["predictions"])
             row[f"{name}_seen_number"] = seen_number_share(res)
             row[f"{name}_per_number"] = {n: v["accuracy"] for n, v in res["per_number"].items()}
+            row[f"{name}_by_height"] = res["by_frame_height"]
             if "stability" in res:
                 row["stability"] = res["stability"]
     return row

@@ -13,6 +13,7 @@ from collections import Counter
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 import config
@@ -207,6 +208,40 @@ def score(res, cfg, train_counts) -> dict:
     return {name: rule_metrics(*d, res, base) for name, d in decoded.items()}, decoded
 
 
+# Frame heights (px, as stored) bounding the bands of accuracy_by_height. Broadcast crops of players are often
+# well under 64 px tall; below ~64 px a number has only a handful of rows.
+HEIGHT_EDGES = (48, 64, 80, 96, 112, 128)
+
+
+def frame_height(sample) -> int:
+    """Median height (px) of a tracklet's frames as stored, before any crop or resize: how many pixels the footage
+    gave the player, hence the number. Reads image headers only."""
+    heights = []
+    for p in sample.frames:
+        with Image.open(p) as im:
+            heights.append(im.size[1])
+    return int(np.median(heights))
+
+
+def height_band(h: int, edges=HEIGHT_EDGES) -> str:
+    k = int(np.searchsorted(edges, h, side="right"))
+    return f"<{edges[0]}" if k == 0 else f">={edges[-1]}" if k == len(edges) else f"{edges[k - 1]}-{edges[k] - 1}"
+
+
+def accuracy_by_height(samples, res, pred, edges=HEIGHT_EDGES) -> dict:
+    """Accuracy per band of median frame height ({band: total, correct, accuracy}, bands in order, empty ones left
+    out): whether the mistakes are the boxes that give the number too few pixels to be read."""
+    bands = [height_band(frame_height(samples[i]), edges) for i in res["index"].tolist()]
+    hits = (pred == res["number"]).tolist()
+    order = [height_band(h, edges) for h in (0, *edges)]
+    out = {}
+    for band in order:
+        sel = [hit for b, hit in zip(bands, hits) if b == band]
+        if sel:
+            out[band] = {"total": len(sel), "correct": sum(sel), "accuracy": round(100.0 * sum(sel) / len(sel), 2)}
+    return out
+
+
 # ---- temporal stability ----------------------------------------------------------------------------------
 
 class FrameModeDataset(dataset.TrackletDataset):
@@ -341,6 +376,7 @@ def main(argv=None):
         "numbers": sorted({s.number for s in samples}), "num_tracklets": len(samples),
         "checkpoint": {"path": extra["checkpoint"], "epoch": ckpt.get("epoch", -1) + 1,
                        "best_val_acc": ckpt.get("best_acc")},
+        "by_frame_height": accuracy_by_height(samples, res, num),
         "digit_coverage": {str(k): v for k, v in cfg.digit_coverage().items()},
         "config": config.to_dict(cfg),
         "predictions": [{"path": samples[i].path, "true": int(res["number"][k]), "pred": int(num[k]),
@@ -377,6 +413,8 @@ def print_summary(results):
                  m["mean_confidence"], m["changed_vs_argmax"])
     per = results["per_number"]
     log.info("per number (%s): %s", results["rule"], ", ".join(f"{n}: {v['correct']}/{v['total']}" for n, v in per.items()))
+    log.info("by frame height (px): %s", ", ".join(f"{b}: {v['correct']}/{v['total']} ({v['accuracy']:.0f}%)"
+                                                  for b, v in results.get("by_frame_height", {}).items()))
     if "uncertain" in results:
         log.info("uncertain (confidence < %.3f): %d of %d", results["uncertain"]["threshold"],
                  results["uncertain"]["flagged"], results["num_tracklets"])

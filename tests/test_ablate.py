@@ -68,6 +68,9 @@ def test_parallel_grid_runs_every_job_once(tmp_path):
     # 44 ... 86 may be composed by this method, so they are scored apart, not as unseen
     assert "heldout" in pairs and "extra_composed" in pairs and "extra_unseen" not in pairs
     assert sorted(pairs["extra_composed_per_number"]) == ["44", "46", "68", "69", "84", "86"]
+    # every held-out tracklet falls in one frame-height band
+    heldout = json.loads((tmp_path / "ck" / "original" / "ctc_s3" / "heldout.json").read_text())
+    assert sum(b["total"] for b in ctc["heldout_by_height"].values()) == heldout["num_tracklets"] > 0
     table = (tmp_path / "ablation.md").read_text()
     assert "| torso_compose_paste_pairs |" in table and "composed in training" in table
 

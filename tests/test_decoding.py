@@ -91,3 +91,29 @@ def test_weighted_ce_matches_definition():
     assert torch.allclose(got, ref, atol=1e-6)
     smooth = train.weighted_ce(logits, target, torch.ones(4), 0.1)
     assert torch.allclose(smooth, torch.nn.functional.cross_entropy(logits, target, label_smoothing=0.1), atol=1e-6)
+
+
+def test_accuracy_by_height(tmp_path):
+    """Bands by each tracklet's median frame height, read from the files; hits counted per band in order."""
+    from PIL import Image
+    from dataset import Sample
+
+    def tracklet(name, heights, number):
+        frames = []
+        for k, h in enumerate(heights):
+            p = tmp_path / f"{name}_{k}.jpg"
+            Image.new("RGB", (30, h)).save(p)
+            frames.append(str(p))
+        return Sample(str(tmp_path / name), number, frames, None, name)
+
+    samples = [tracklet("a", [40, 41, 200], 4), tracklet("b", [70, 70], 8), tracklet("c", [130], 49),
+               tracklet("d", [64, 60, 66], 6)]
+    assert [ev.frame_height(s) for s in samples] == [41, 70, 130, 64]
+    # the loader's order differs from the samples': res['index'] maps it back
+    res = {"index": torch.tensor([2, 0, 1, 3]), "number": torch.tensor([49, 4, 8, 6])}
+    pred = torch.tensor([49, 8, 8, 6])
+    out = ev.accuracy_by_height(samples, res, pred)
+    assert list(out) == ["<48", "64-79", ">=128"]
+    assert out["<48"] == {"total": 1, "correct": 0, "accuracy": 0.0}
+    assert out["64-79"] == {"total": 2, "correct": 2, "accuracy": 100.0}
+    assert out[">=128"]["correct"] == 1
