@@ -14,8 +14,9 @@ Measured (sequences per second unless noted):
   infer_end_to_end       from image files, as predict.py does: decode only the frames read, in parallel,
                          + batched inference at batch 64
   infer_reference        from image files, PIL per frame, float32, batch 64
-  infer_end_to_end_int8  the same with the trunk in INT8 (predict.py --quantize; CPU), calibrated once on the
-                         frames to be read before timing (int8_calibration_s: that one-off cost, decoding included)
+  infer_end_to_end_int8  the same with the trunk in INT8 (predict.py --quantize; CPU), built once before timing
+                         from activation ranges observed on training frames, as a checkpoint stores them
+                         (int8_build_s: that one-off cost)
   infer_model_bound_int8 inference on in-memory tensors at batch 64, trunk in INT8
   infer_decode           decoding alone, as predict.py does it (the part of infer_end_to_end that is not the model)
   latency_ms_batch1      one tracklet, model only
@@ -191,25 +192,26 @@ def _reference_train(net, crit, opt, loader, device, steps):
     return n
 
 
-def inference_model(cfg, samples, device, mode: str):
+def inference_model(cfg, samples, store, device, mode: str):
     """The model as an inference path runs it (mode reference | ours | int8), and the seconds its one-off
-    preparation took (INT8: decoding and calibrating on the frames to be read, as predict.py --quantize does)."""
+    preparation took (INT8: building the quantized trunk from the activation ranges a checkpoint stores, as
+    predict.py --quantize does; train.py observes them on training frames, as here, outside the timing)."""
     net = make_model(cfg, device, mode != "reference").eval()
+    ranges = model_lib.int8_ranges(net, dataset.calibration_frames(samples, store)) if mode == "int8" else None
     start = time.perf_counter()
     if mode == "int8":
-        picked, store = predict.decode_picked(samples, cfg, Counter())
-        net = evaluate.quantized(net, picked, store)
+        net = evaluate.quantized(net, samples, store, ranges=ranges)[0]
     elif mode == "ours":
         net = model_lib.fused_for_inference(net)
     return net, time.perf_counter() - start
 
 
-def end_to_end_infer(cfg, samples, device, dtype, mode: str = "ours"):
+def end_to_end_infer(cfg, samples, store, device, dtype, mode: str = "ours"):
     """From image files to numbers for every sample, as a long-lived predictor: the model is prepared and
     warmed up on the batch shapes it will see (first calls build the kernels). Returns (a block doing one
     full pass, preparation seconds)."""
     reference = mode == "reference"
-    net, prep_s = inference_model(cfg, samples, device, mode)
+    net, prep_s = inference_model(cfg, samples, store, device, mode)
     shape = (cfg.seq_len, 3, cfg.img_size, cfg.img_size)
     with torch.inference_mode(), utils.autocast(device, None if reference else dtype):
         for b in {64, len(samples) % 64} - {0}:
@@ -278,11 +280,12 @@ def main(argv=None):
               "train_reference": end_to_end_train(cfg, samples, store, device, None, block, True)}
     r.update(rates(blocks))
     blocks = {"infer_model_bound": infer_model_bound,
-              "infer_end_to_end": end_to_end_infer(cfg, samples, device, dtype)[0],
-              "infer_reference": end_to_end_infer(cfg, samples, device, None, "reference")[0],
+              "infer_end_to_end": end_to_end_infer(cfg, samples, store, device, dtype)[0],
+              "infer_reference": end_to_end_infer(cfg, samples, store, device, None, "reference")[0],
               "infer_decode": decode_block(cfg, samples)}
     if device.type == "cpu":  # predict.py --quantize: the trunk in INT8 (quantized kernels are CPU ones)
-        blocks["infer_end_to_end_int8"], r["int8_calibration_s"] = end_to_end_infer(cfg, samples, device, dtype, "int8")
+        blocks["infer_end_to_end_int8"], r["int8_build_s"] = end_to_end_infer(cfg, samples, store, device, dtype,
+                                                                              "int8")
         blocks["infer_model_bound_int8"] = int8_model_bound(cfg, dtype, steps)
     r.update(rates(blocks))
     r["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

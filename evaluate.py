@@ -338,10 +338,16 @@ def run_split(model, cfg, split, device, dtype, data=None):
         samples, store, skipped, anchor
 
 
-def quantized(net, samples, store, picks=None):
-    """The model with its trunk in INT8 (model.int8_trunk), calibrated on frames of the tracklets to be read."""
+def quantized(net, samples, store, picks=None, ranges=None):
+    """The model with its trunk in INT8 (model.int8_trunk), with the activation ranges a checkpoint stores
+    (`ranges`, observed on training frames), else calibrated on frames of the tracklets to be read."""
     try:
-        return model_lib.int8_trunk(net, dataset.calibration_frames(samples, store, picks))
+        if ranges:
+            try:
+                return model_lib.int8_trunk(net, ranges=ranges), "checkpoint"
+            except RuntimeError as e:  # another engine (e.g. an x86 checkpoint on ARM): calibrate here instead
+                log.warning("INT8: %s; calibrating on the input instead", e)
+        return model_lib.int8_trunk(net, dataset.calibration_frames(samples, store, picks)), "input"
     except (ImportError, RuntimeError) as e:
         raise config.ConfigError(f"--quantize: {e}") from None
 
@@ -356,8 +362,9 @@ def main(argv=None):
     dtype = utils.amp_dtype(device, cfg.amp)
     model.to(device).eval()
     data = eval_samples(cfg, extra["split"])
-    if extra["quantize"]:  # calibrated on the frames of the split being read, no labels used
-        model = quantized(model, *data[:2])
+    calibration = None
+    if extra["quantize"]:  # the checkpoint's ranges, else calibrated on the frames of the split (no labels used)
+        model, calibration = quantized(model, *data[:2], ranges=ckpt.get("int8_ranges"))
     train_counts = ckpt.get("train_counts", {})
     res, samples, store, skipped, anchor = run_split(model, cfg, extra["split"], device, dtype, data)
     if extra["tune_tau"]:  # chosen on seen-number validation only, never on the numbers being tested
@@ -372,7 +379,7 @@ def main(argv=None):
     results = {
         "accuracy": rules[cfg.rule]["accuracy"], "rule": cfg.rule, "per_number": rules[cfg.rule]["per_number"],
         "rules": rules, "skipped": dict(skipped), "split": extra["split"], "anchor_frames_used": anchor,
-        "int8_trunk": extra["quantize"],
+        "int8_trunk": extra["quantize"], "int8_ranges_from": calibration,
         "numbers": sorted({s.number for s in samples}), "num_tracklets": len(samples),
         "checkpoint": {"path": extra["checkpoint"], "epoch": ckpt.get("epoch", -1) + 1,
                        "best_val_acc": ckpt.get("best_acc")},

@@ -357,24 +357,57 @@ def fused_for_inference(net: JerseyTemporalNet) -> JerseyTemporalNet:
     return net
 
 
-def int8_trunk(net: JerseyTemporalNet, calibration: torch.Tensor) -> JerseyTemporalNet:
-    """An eval-mode CPU copy whose trunk runs in INT8: post-training static quantization (torch.ao FX: conv, BN
-    and ReLU fused, per-channel weights, activation ranges observed on `calibration`, normalised frames
-    [N, 3, H, W]; no labels are needed, so the footage about to be read will do). The trunk is ~80% of the
-    model's time on CPU and INT8 runs it about twice as fast as bfloat16; the LSTM, attention and heads keep
-    the usual precision. Raises RuntimeError where PyTorch has no quantized CPU engine."""
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+def _quant_engine() -> str:
     engine = next((e for e in ("x86", "fbgemm", "qnnpack") if e in torch.backends.quantized.supported_engines), None)
     if engine is None:
         raise RuntimeError("this PyTorch build has no quantized CPU engine (x86, fbgemm or qnnpack)")
     torch.backends.quantized.engine = engine
-    net = copy.deepcopy(net).cpu().eval()
-    with warnings.catch_warnings(), torch.no_grad():
+    return engine
+
+
+def _prepared_trunk(net: JerseyTemporalNet, input_shape):
+    """(a CPU copy of the trunk prepared for INT8 by torch.ao FX: conv, BN and ReLU fused, per-channel weights,
+    observers on every activation; the engine it was prepared for)."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import prepare_fx
+    engine = _quant_engine()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated in favour of torchao; it still works
-        trunk = prepare_fx(net.backbone, get_default_qconfig_mapping(engine), example_inputs=(calibration[:1],))
+        trunk = prepare_fx(copy.deepcopy(net.backbone).cpu().eval(), get_default_qconfig_mapping(engine),
+                           example_inputs=(torch.zeros(1, *input_shape),))
+    return trunk, engine
+
+
+def int8_ranges(net: JerseyTemporalNet, calibration: torch.Tensor) -> dict:
+    """The activation ranges an INT8 trunk needs, observed on `calibration` (normalised frames [N, 3, H, W]; no
+    labels). Plain tensors and strings, so a checkpoint can carry them (train.py stores them at every epoch) and
+    int8_trunk needs no calibration pass, nor enough input frames for one, at prediction time."""
+    trunk, engine = _prepared_trunk(net, calibration.shape[1:])
+    with torch.no_grad():
         for chunk in calibration.split(64):
             trunk(chunk.contiguous(memory_format=torch.channels_last) if net.channels_last else chunk)
+    observers = {k: v for k, v in trunk.state_dict().items() if "activation_post_process" in k}
+    return {"engine": engine, "input_shape": list(calibration.shape[1:]), "observers": observers}
+
+
+def int8_trunk(net: JerseyTemporalNet, calibration: torch.Tensor | None = None, ranges: dict | None = None
+               ) -> JerseyTemporalNet:
+    """An eval-mode CPU copy whose trunk runs in INT8: post-training static quantization with the activation
+    ranges `ranges` (int8_ranges, e.g. from a checkpoint), else observed on `calibration` (normalised frames
+    [N, 3, H, W]; the footage about to be read will do). The trunk is ~80% of the model's time on CPU and INT8
+    runs it about twice as fast as bfloat16; the LSTM, attention and heads keep the usual precision. Raises
+    RuntimeError where PyTorch has no quantized CPU engine or the ranges were observed for another engine."""
+    from torch.ao.quantization.quantize_fx import convert_fx
+    ranges = ranges or int8_ranges(net, calibration)
+    trunk, engine = _prepared_trunk(net, ranges["input_shape"])
+    if ranges["engine"] != engine:
+        raise RuntimeError(f"activation ranges observed for quantized engine {ranges['engine']}, this machine runs {engine}")
+    if set(ranges["observers"]) != {k for k in trunk.state_dict() if "activation_post_process" in k}:
+        raise RuntimeError("the stored activation ranges do not fit this trunk")
+    trunk.load_state_dict(ranges["observers"], strict=False)  # observers only: the weights are net's own
+    net = copy.deepcopy(net).cpu().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         net.backbone = convert_fx(trunk)
     return net
 

@@ -18,7 +18,8 @@ the checkpoint's validation answers under the checkpoint's own rule (see train.u
 a --rule other than the one the checkpoint was trained with keeps that value, so set --uncertain_below then.
 
 --quantize: for prediction, the trunk (the convolutions, ~80% of the model's time) runs in INT8 on the CPU:
-post-training static quantization calibrated on up to 256 of the input's own frames (no labels needed), about
+post-training static quantization with the activation ranges train.py stored in the checkpoint (observed on 256
+training frames at each epoch), else calibrated on up to 256 of the input's own frames (no labels needed), about
 twice the speed of the bfloat16 trunk (TECHNICAL_REPORT.md section 8 has its accuracy); the LSTM and heads keep
 the usual precision. On labelled inputs the float model also runs, and both accuracies are reported. With
 --export_onnx it writes <name>.int8.onnx with onnxruntime's dynamic quantiser (about a quarter of the float
@@ -356,9 +357,9 @@ def main(argv=None):
     net.to(device).eval()
     meta = {"checkpoint": extra["checkpoint"], "uncertain_below": threshold, "skipped": dict(skipped)}
     if extra["quantize"]:
-        int8 = evaluate.quantized(net, samples, store, picks)
+        int8, ranges_from = evaluate.quantized(net, samples, store, picks, ckpt.get("int8_ranges"))
         res = run(int8, samples, store, picks, cfg, device, dtype, desc="predict int8")
-        meta["quantization"] = {"float_mb": state_mb(net), "int8_mb": state_mb(int8)}
+        meta["quantization"] = {"float_mb": state_mb(net), "int8_mb": state_mb(int8), "ranges_from": ranges_from}
         if any(s.number is not None for s in samples):  # labelled: what INT8 costs, on these very tracklets
             res_float = run(model_lib.fused_for_inference(net), samples, store, picks, cfg, device, dtype,
                             desc="predict float (for comparison)")

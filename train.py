@@ -353,6 +353,17 @@ def _tuplify(x):
     return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
+def int8_ranges(model, samples, store):
+    """The INT8 trunk's activation ranges (model.int8_ranges) observed on 256 training frames, for the checkpoint:
+    `--quantize` then builds its INT8 model without a calibration pass over the input (~1 s here per epoch).
+    None where this torch cannot quantize the trunk; the checkpoint is written all the same."""
+    try:
+        return model_lib.int8_ranges(unwrap(model), dataset.calibration_frames(samples, store))
+    except Exception as e:  # noqa: BLE001 - an optional extra must never cost a checkpoint
+        log.warning("no INT8 activation ranges stored (%s): --quantize will calibrate on its input", e)
+        return None
+
+
 def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
@@ -575,7 +586,7 @@ def main(argv=None):
                 log_tensorboard(writer, row, lr)
                 log_tensorboard_media(writer, model, val_loader, res, cfg, device, dtype, row["epoch"])
                 state = checkpoint_state(model, optimizer, scheduler, scaler, cfg, epoch, best_acc, history, stopper,
-                                         extras)
+                                         {**extras, "int8_ranges": int8_ranges(model, train_samples, store)})
                 utils.atomic_save(state, os.path.join(ckpt_dir, "last.pth"))
                 if improved:
                     utils.atomic_save(state, os.path.join(ckpt_dir, "best_model.pth"))

@@ -61,6 +61,7 @@ def test_evaluate_validation_split(run):
     q = evaluate.main([f"--checkpoint={out['checkpoints']}/best_model.pth", f"--out={tmp / 'val_int8.json'}",
                        "--split=val", "--quantize", f"--results_dir={out['results']}", f"--cache_dir={out['cache']}"])
     assert q["int8_trunk"] is True and res["int8_trunk"] is False and q["num_tracklets"] == res["num_tracklets"]
+    assert q["int8_ranges_from"] == "checkpoint"  # train.py stored them: no calibration pass over the split
     agree = sum(a["pred"] == b["pred"] for a, b in zip(res["predictions"], q["predictions"]))
     assert agree >= 0.8 * len(res["predictions"])  # the same tracklets, nearly the same answers
 

@@ -1,5 +1,6 @@
 """predict.py: every input kind, JSON and CSV output, the uncertainty flag, ONNX export, INT8, clear errors."""
 import csv
+import dataclasses
 import json
 import os
 
@@ -200,7 +201,8 @@ def test_int8_trunk_size_and_accuracy_change(setup, tmp_path):
     # heads fitted to a random trunk's small feature differences move more than a trained model's (report 8)
     assert q["agreement"] >= 85 and q["max_prob_diff"] < 0.3
     _, meta = predict.main(["--checkpoint", ckpt, "--quantize", inputs["many"], "--out", str(tmp_path / "u.json")])
-    assert set(meta["quantization"]) == {"float_mb", "int8_mb"}  # unlabelled: the INT8 model alone runs
+    assert set(meta["quantization"]) == {"float_mb", "int8_mb", "ranges_from"}  # unlabelled: the INT8 model alone
+    assert meta["quantization"]["ranges_from"] == "input"  # this checkpoint stores no ranges
     samples = dataset.crawl(inputs["spec"])[0]
     store = dataset.FrameStore(samples, cfg.img_size, cfg.sharpen, crop=cfg.crop)
     calib = dataset.calibration_frames(samples, store, n=10)
@@ -216,6 +218,35 @@ def test_int8_trunk_size_and_accuracy_change(setup, tmp_path):
     print("onnxruntime dynamic INT8:", info)
     assert os.path.isfile(info["int8_onnx"]) and info["int8_onnx_mb"] < 0.4 * info["onnx_mb"]
     assert info["int8_max_abs_diff_vs_pytorch"] < 0.1
+
+
+def test_int8_ranges_stored_in_a_checkpoint(setup, tmp_path):
+    """Ranges observed once and loaded later give the very INT8 model a calibration pass on the same frames gives;
+    predict.py uses a checkpoint's ranges, and calibrates on its input when they were made for another engine."""
+    _, ckpt, net, cfg, inputs = setup
+    samples = dataset.crawl(inputs["spec"])[0]
+    store = dataset.FrameStore(samples, cfg.img_size, cfg.sharpen, crop=cfg.crop)
+    calib = dataset.calibration_frames(samples, store)
+    state = torch.load(ckpt, weights_only=True)
+    state["int8_ranges"] = model_lib.int8_ranges(net, calib)
+    path = tmp_path / "with_ranges.pth"
+    torch.save(state, path)
+    ranges = torch.load(path, weights_only=True)["int8_ranges"]  # plain tensors: the safe loader takes them
+    x = calib[:6]
+    with torch.no_grad():
+        a, b = model_lib.int8_trunk(net, calib).backbone(x), model_lib.int8_trunk(net, ranges=ranges).backbone(x)
+    assert torch.equal(a, b)
+    with pytest.raises(RuntimeError, match="engine"):
+        model_lib.int8_trunk(net, ranges={**ranges, "engine": "not-" + ranges["engine"]})
+    other = model_lib.build(dataclasses.replace(cfg, backbone="cnn"))
+    with pytest.raises(RuntimeError, match="do not fit"):
+        model_lib.int8_trunk(other, ranges=ranges)
+    _, meta = predict.main(["--checkpoint", str(path), "--quantize", inputs["one"], "--out", str(tmp_path / "o.json")])
+    assert meta["quantization"]["ranges_from"] == "checkpoint" and meta["num_tracklets"] == 1
+    state["int8_ranges"] = {**ranges, "engine": "not-" + ranges["engine"]}
+    torch.save(state, path)
+    _, meta = predict.main(["--checkpoint", str(path), "--quantize", inputs["one"], "--out", str(tmp_path / "o.json")])
+    assert meta["quantization"]["ranges_from"] == "input"
 
 
 def test_argv_splitting():
