@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import os
 import sys
+import types
 import typing
 from dataclasses import dataclass, field, fields
 
@@ -79,7 +80,8 @@ class Config:
     mixup_prob: float = 0.5
     class_weight: str = "effective_number"  # effective_number | balanced | none
     beta: float = 0.9999
-    empty_suppression: float = 0.01
+    empty_suppression: float | str = 0.01  # the tens head's empty weight x this; 'auto': as much total weight
+                                           # as an average tens digit (dataset.balanced_empty_suppression)
     absent_weight: float = 0.001
     sqrt_weights: bool = True
     loss: str = "ce"                     # ce | logit_adjusted | balanced_softmax
@@ -158,7 +160,8 @@ class Config:
             (0 <= self.compose_prob <= 1, "compose_prob must be in [0, 1]"),
             (0 <= self.glyph_mix < 1 and self.glyph_images >= 10, "glyph_mix must be in [0, 1), glyph_images >= 10"),
             (0 < self.beta < 1, "beta must be in (0, 1)"),
-            (self.empty_suppression > 0, "empty_suppression must be > 0"),
+            (self.empty_suppression == "auto" or isinstance(self.empty_suppression, (int, float))
+             and self.empty_suppression > 0, "empty_suppression must be > 0 or auto"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
             (self.pretrain_steps >= 1 and self.pretrain_images >= 10, "pretrain_steps >= 1 and pretrain_images >= 10"),
             (0 <= self.pretrain_pairs <= 1, "pretrain_pairs must be in [0, 1]"),
@@ -236,6 +239,11 @@ def apply_method(cfg: Config) -> Config:
 
 def _parse_value(name: str, typ, raw: str):
     origin = typing.get_origin(typ)
+    if origin is types.UnionType:  # float | str: a number, or a keyword such as 'auto' (validate() checks which)
+        try:
+            return float(raw)
+        except ValueError:
+            return raw.strip()
     if origin is list:
         (inner,) = typing.get_args(typ)
         return [inner(x) for x in raw.replace(" ", "").split(",") if x]

@@ -44,8 +44,12 @@ class Criterion:
         kw = dict(method=cfg.class_weight, beta=cfg.beta, absent_weight=cfg.absent_weight, sqrt=cfg.sqrt_weights)
         if cfg.head == "digits":
             tens, units = zip(*map(decompose, train_numbers))
+            suppression = cfg.empty_suppression
+            if suppression == "auto":
+                suppression = dataset.balanced_empty_suppression(tens, **kw)
+                log.info("empty suppression (auto): x %.4f on the tens head's empty weight", suppression)
             self.weights = {"tens": dataset.class_weights(tens, 11, empty_index=EMPTY,
-                                                          empty_suppression=cfg.empty_suppression, **kw),
+                                                          empty_suppression=suppression, **kw),
                             "units": dataset.class_weights(units, 11, **kw)}
             self.shift = {"tens": tau * log_prior(tens, 11), "units": tau * log_prior(units, 11)}
         else:  # compositional: softmax over 0..99; ctc: scores are already log P(number) under CTC

@@ -65,6 +65,11 @@ def test_method_preset_respects_explicit_fields():
     assert cfg.empty_suppression == 0.001
     cfg, _ = config.load(["--method=suppress", "--empty_suppression=0.1"], env_file="/nonexistent")
     assert cfg.empty_suppression == 0.1
+    cfg, _ = config.load(["--empty_suppression=auto"], env_file="/nonexistent")
+    assert cfg.empty_suppression == "auto"
+    for bad in ("0", "-1", "often"):
+        with pytest.raises(config.ConfigError, match="empty_suppression must be > 0 or auto"):
+            config.load([f"--empty_suppression={bad}"], env_file="/nonexistent")
     cfg, _ = config.load(["--method=ctc"], env_file="/nonexistent")
     assert cfg.head == "ctc" and cfg.mixup_prob == 0.0
     cfg, _ = config.load(["--method=ctc", "--mixup_prob=0.5"], env_file="/nonexistent")

@@ -174,6 +174,25 @@ def test_effective_number_weights_by_hand():
     assert torch.allclose(ws, w.sqrt())
 
 
+@pytest.mark.parametrize("sqrt", [True, False])
+def test_balanced_empty_suppression_gives_empty_an_average_digits_weight(sqrt):
+    """SPEC.md's counts (94% single digits) and a split of 55%: after the factor, count x weight of 'empty'
+    equals the mean over the tens digits present; never above 1; 1 when nothing is left to balance."""
+    spec = {4: 1029, 6: 867, 8: 2057, 9: 1499, 49: 121, 66: 145, 89: 87}
+    half = {**{d: 200 for d in range(1, 10)}, **{n: 60 for n in (12, 15, 23, 34, 42, 57, 61, 70, 85)}}
+    for counts in (spec, half):
+        tens = [dataset.decompose(n)[0] for n, c in counts.items() for _ in range(c)]
+        s = dataset.balanced_empty_suppression(tens, sqrt=sqrt)
+        w = dataset.class_weights(tens, 11, empty_index=EMPTY, empty_suppression=s, sqrt=sqrt)
+        n = torch.bincount(torch.tensor(tens), minlength=11).double()
+        digits = n[:EMPTY] > 0
+        assert 0 < s < 1 and float(n[EMPTY] * w[EMPTY]) == pytest.approx(float((n[:EMPTY] * w[:EMPTY])[digits].mean()))
+    few_singles = [dataset.decompose(n)[0] for n in [3] * 5 + [45] * 100 + [67] * 100]
+    assert dataset.balanced_empty_suppression(few_singles, sqrt=sqrt) == 1.0  # no boost for a rare 'empty'
+    assert dataset.balanced_empty_suppression([EMPTY] * 10, sqrt=sqrt) == 1.0  # single digits only
+    assert dataset.balanced_empty_suppression([4] * 10, sqrt=sqrt) == 1.0  # no single digit
+
+
 def test_balanced_weights_by_hand():
     w = dataset.class_weights([0, 0, 0, 1], 3, "balanced", absent_weight=0.5, sqrt=False)
     assert w.tolist() == pytest.approx([4 / (2 * 3), 4 / (2 * 1), 0.5])
@@ -356,3 +375,15 @@ def test_class_weights_count_the_renders_in_the_share_the_loss_sees_them():
     assert plain[1] == plain[2]                      # tens 1 absent from the tracklets: the absent weight
     assert mixed[1] > 10 * plain[1] and mixed[4] < plain[4]  # counted from the renders; tens 4 less rare
     assert train.loss_numbers(config.Config(), tracklets, None) == tracklets
+
+
+def test_criterion_with_auto_empty_suppression():
+    """--empty_suppression=auto: the criterion's tens weights are those of the balancing factor of the
+    numbers it is given, and differ from the fixed 0.01 where single digits are not 94% of them."""
+    numbers = [4] * 110 + [5] * 90 + [42] * 60 + [57] * 40
+    tens = [dataset.decompose(n)[0] for n in numbers]
+    auto = train.Criterion(config.Config(empty_suppression="auto"), numbers, "cpu").weights["tens"]
+    s = dataset.balanced_empty_suppression(tens)
+    assert torch.allclose(auto, dataset.class_weights(tens, 11, empty_index=EMPTY, empty_suppression=s))
+    fixed = train.Criterion(config.Config(), numbers, "cpu").weights["tens"]
+    assert auto[EMPTY] > 2 * fixed[EMPTY] and torch.equal(auto[:EMPTY], fixed[:EMPTY])
