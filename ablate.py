@@ -31,7 +31,7 @@ EXTRA_UNSEEN = sorted(synth.EXTRA_UNSEEN_COUNTS)
 METHODS = {
     "original": [],
     # the torso band of a full-body box: the resize spends its 64 px rows on the number, not on legs and pitch
-    # (with the recipe's empty x 0.01, as every method here unless it says otherwise: the default until 6.17)
+    # (with the recipe's empty x 0.01, as every method here unless it says otherwise; the default was this until 6.17)
     "torso_crop": ["--method=torso"],
     "suppress_0.1": ["--empty_suppression=0.1"],
     "suppress_0.001": ["--empty_suppression=0.001"],
@@ -62,10 +62,11 @@ METHODS["torso_erase_0.2"] = ["--method=erase", "--erase_views=0.2"]
 METHODS["torso_positional"] = ["--method=torso", "--reader=positional"]
 METHODS["torso_erase_positional"] = ["--method=erase", "--reader=positional"]
 # the recipe's empty x 0.01 fights a split whose tracklets are not mostly single digits (the hard split: 55%):
-# there the tens head stops saying 'empty' and single digits are read as pairs (report 6.15)
+# there the tens head stops saying 'empty' and single digits are read as pairs (report 6.15). The default
+# since report 6.17: no suppression reads seen numbers best on both splits
 METHODS["torso_suppress_1"] = METHODS["torso_crop"] + ["--empty_suppression=1"]
 # the factor from the counts: 'empty' gets the total weight of an average tens digit (0.02 on the original
-# data, near the recipe's 0.01; 0.08 on the hard split). The default since report 6.17
+# data, near the recipe's 0.01; 0.08 on the hard split; report 6.17)
 METHODS["torso_suppress_auto"] = METHODS["torso_crop"] + ["--empty_suppression=auto"]
 # composition may pair 4 with 4 and 6, 6 with 8 and 9, 8 with 4 and 6 (44 ... 86): a tens 4 then meets partners
 # other than 9, and 48, 64, 88 stay unseen (section 6.12)

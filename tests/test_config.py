@@ -77,7 +77,7 @@ def test_method_preset_respects_explicit_fields():
     # the default reads the torso band; the SPEC recipe (whole frame) is one flag away; a user's crop wins
     cfg, _ = config.load([], env_file="/nonexistent")
     assert cfg.method == "torso" and cfg.crop == config.TORSO_CROP and cfg.crop is not config.TORSO_CROP
-    assert cfg.empty_suppression == "auto"
+    assert cfg.empty_suppression == 1.0  # no extra suppression (report 6.17)
     cfg, _ = config.load(["--method=original"], env_file="/nonexistent")
     assert cfg.crop == [0.0, 0.0, 1.0, 1.0] and cfg.empty_suppression == 0.01  # the SPEC recipe, one flag away
     cfg, _ = config.load(["--crop=0,0,1,1"], env_file="/nonexistent")

@@ -382,7 +382,7 @@ def test_criterion_with_auto_empty_suppression():
     numbers it is given, and differ from the fixed 0.01 where single digits are not 94% of them."""
     numbers = [4] * 110 + [5] * 90 + [42] * 60 + [57] * 40
     tens = [dataset.decompose(n)[0] for n in numbers]
-    auto = train.Criterion(config.Config(), numbers, "cpu").weights["tens"]  # auto is the default
+    auto = train.Criterion(config.Config(empty_suppression="auto"), numbers, "cpu").weights["tens"]
     s = dataset.balanced_empty_suppression(tens)
     assert torch.allclose(auto, dataset.class_weights(tens, 11, empty_index=EMPTY, empty_suppression=s))
     fixed = train.Criterion(config.Config(empty_suppression=0.01), numbers, "cpu").weights["tens"]
