@@ -378,16 +378,25 @@ def _prepared_trunk(net: JerseyTemporalNet, input_shape):
     return trunk, engine
 
 
-def int8_ranges(net: JerseyTemporalNet, calibration: torch.Tensor) -> dict:
-    """The activation ranges an INT8 trunk needs, observed on `calibration` (normalised frames [N, 3, H, W]; no
-    labels). Plain tensors and strings, so a checkpoint can carry them (train.py stores them at every epoch) and
-    int8_trunk needs no calibration pass, nor enough input frames for one, at prediction time."""
+def _observed_trunk(net: JerseyTemporalNet, calibration: torch.Tensor):
+    """_prepared_trunk with its observers fed `calibration` (normalised frames [N, 3, H, W])."""
     trunk, engine = _prepared_trunk(net, calibration.shape[1:])
     with torch.no_grad():
         for chunk in calibration.split(64):
             trunk(chunk.contiguous(memory_format=torch.channels_last) if net.channels_last else chunk)
-    observers = {k: v for k, v in trunk.state_dict().items() if "activation_post_process" in k}
-    return {"engine": engine, "input_shape": list(calibration.shape[1:]), "observers": observers}
+    return trunk, engine
+
+
+def _observers(trunk) -> dict:
+    return {k: v for k, v in trunk.state_dict().items() if "activation_post_process" in k}
+
+
+def int8_ranges(net: JerseyTemporalNet, calibration: torch.Tensor) -> dict:
+    """The activation ranges an INT8 trunk needs, observed on `calibration` (normalised frames [N, 3, H, W]; no
+    labels). Plain tensors and strings, so a checkpoint can carry them (train.py stores them at every epoch) and
+    int8_trunk needs no calibration pass, nor enough input frames for one, at prediction time."""
+    trunk, engine = _observed_trunk(net, calibration)
+    return {"engine": engine, "input_shape": list(calibration.shape[1:]), "observers": _observers(trunk)}
 
 
 def int8_trunk(net: JerseyTemporalNet, calibration: torch.Tensor | None = None, ranges: dict | None = None
@@ -398,13 +407,16 @@ def int8_trunk(net: JerseyTemporalNet, calibration: torch.Tensor | None = None, 
     runs it about twice as fast as bfloat16; the LSTM, attention and heads keep the usual precision. Raises
     RuntimeError where PyTorch has no quantized CPU engine or the ranges were observed for another engine."""
     from torch.ao.quantization.quantize_fx import convert_fx
-    ranges = ranges or int8_ranges(net, calibration)
-    trunk, engine = _prepared_trunk(net, ranges["input_shape"])
-    if ranges["engine"] != engine:
-        raise RuntimeError(f"activation ranges observed for quantized engine {ranges['engine']}, this machine runs {engine}")
-    if set(ranges["observers"]) != {k for k in trunk.state_dict() if "activation_post_process" in k}:
-        raise RuntimeError("the stored activation ranges do not fit this trunk")
-    trunk.load_state_dict(ranges["observers"], strict=False)  # observers only: the weights are net's own
+    if ranges is None:
+        trunk, _ = _observed_trunk(net, calibration)
+    else:
+        trunk, engine = _prepared_trunk(net, ranges["input_shape"])
+        if ranges["engine"] != engine:
+            raise RuntimeError(f"activation ranges observed for quantized engine {ranges['engine']}, "
+                               f"this machine runs {engine}")
+        if set(ranges["observers"]) != set(_observers(trunk)):
+            raise RuntimeError("the stored activation ranges do not fit this trunk")
+        trunk.load_state_dict(ranges["observers"], strict=False)  # observers only: the weights are net's own
     net = copy.deepcopy(net).cpu().eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

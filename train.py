@@ -357,12 +357,12 @@ def _tuplify(x):
     return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def int8_ranges(model, samples, store):
-    """The INT8 trunk's activation ranges (model.int8_ranges) observed on 256 training frames, for the checkpoint:
-    `--quantize` then builds its INT8 model without a calibration pass over the input (~1 s here per epoch).
-    None where this torch cannot quantize the trunk; the checkpoint is written all the same."""
+def int8_ranges(model, calibration):
+    """The INT8 trunk's activation ranges (model.int8_ranges) observed on `calibration` (training frames), for the
+    checkpoint: `--quantize` then builds its INT8 model without a calibration pass over the input (~1 s here per
+    epoch). None where this torch cannot quantize the trunk; the checkpoint is written all the same."""
     try:
-        return model_lib.int8_ranges(unwrap(model), dataset.calibration_frames(samples, store))
+        return model_lib.int8_ranges(unwrap(model), calibration)
     except Exception as e:  # noqa: BLE001 - an optional extra must never cost a checkpoint
         log.warning("no INT8 activation ranges stored (%s): --quantize will calibrate on its input", e)
         return None
@@ -552,6 +552,7 @@ def main(argv=None):
     if writer is not None and start == 0:
         with torch.random.fork_rng(devices=[]):  # a picture of the graph must not shift training's RNG
             add_graph(writer, model, prepare_batch(next(iter(val_loader)), cfg, device, train=False)[0])
+    calibration = dataset.calibration_frames(train_samples, store)  # 256 frames for the INT8 ranges, fixed once
     counts = np.bincount([s.number for s in train_samples], minlength=100)
     best_threshold = None
     extras = {"skipped": dict(skipped), "train_counts": {int(n): int(c) for n, c in enumerate(counts) if c},
@@ -590,7 +591,7 @@ def main(argv=None):
                 log_tensorboard(writer, row, lr)
                 log_tensorboard_media(writer, model, val_loader, res, cfg, device, dtype, row["epoch"])
                 state = checkpoint_state(model, optimizer, scheduler, scaler, cfg, epoch, best_acc, history, stopper,
-                                         {**extras, "int8_ranges": int8_ranges(model, train_samples, store)})
+                                         {**extras, "int8_ranges": int8_ranges(model, calibration)})
                 utils.atomic_save(state, os.path.join(ckpt_dir, "last.pth"))
                 if improved:
                     utils.atomic_save(state, os.path.join(ckpt_dir, "best_model.pth"))
