@@ -82,6 +82,9 @@ METHODS["torso_thin_ctc"] = METHODS["torso_ctc_nomix"] + ["--backbone=cnn_thin",
 # the same reader shown two-digit prints of every allowed pair: single-digit bands pasted side by side on one
 # shirt (section 6.4), in case a column reader takes a pasted pair for a printed one
 METHODS["torso_narrow_ctc_paste"] = METHODS["torso_narrow_ctc"] + ["--compose_prob=0.5", "--compose_mode=paste"]
+# single digits sit in the middle of the crop, a tens digit left of it: each tracklet moved sideways by up to
+# 20% of the width shows every digit where either digit of a print stands (report 6.18)
+METHODS |= {f"{m}_shift": METHODS[m] + ["--shift=0.2"] for m in ("torso_narrow_ctc", "torso_suppress_1")}
 HARD_TRAIN, HARD_TEST = synth.HARD_TRAIN, synth.HARD_TEST  # the harder split, defined in synth.py
 
 

@@ -417,8 +417,10 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return (x - MEAN.to(x.device).view(1, 1, 3, 1, 1)) / STD.to(x.device).view(1, 1, 3, 1, 1)
 
 
-def augment(x: torch.Tensor, degrees=5.0, translate=0.05, scale=(0.95, 1.05), brightness=0.2, contrast=0.2):
-    """The SPEC's per-frame random affine and colour jitter, on a whole batch [B, T, 3, H, W] at once.
+def augment(x: torch.Tensor, degrees=5.0, translate=0.05, scale=(0.95, 1.05), brightness=0.2, contrast=0.2,
+            shift=0.0):
+    """The SPEC's per-frame random affine and colour jitter, on a whole batch [B, T, 3, H, W] at once; `shift`
+    adds one horizontal move per tracklet, uniform in +-shift of the width (config.shift).
     The sampling grid is F.affine_grid's written out, and the jitter runs in place: on a 2-core CPU the
     generic affine_grid (a batched matmul with K = 3) and out-of-place passes cost 3x the time (same values)."""
     B, T, C, H, W = x.shape
@@ -427,6 +429,8 @@ def augment(x: torch.Tensor, degrees=5.0, translate=0.05, scale=(0.95, 1.05), br
     ang = torch.empty(n, device=dev).uniform_(-degrees, degrees).deg2rad_()
     s = torch.empty(n, device=dev).uniform_(*scale)
     tx, ty = (torch.empty(n, device=dev).uniform_(-translate, translate).mul_(2).view(n, 1, 1) for _ in range(2))
+    if shift > 0:
+        tx = tx + torch.empty(B, 1, device=dev).uniform_(-shift, shift).mul_(2).expand(B, T).reshape(n, 1, 1)
     cos, sin = (torch.cos(ang) / s).view(n, 1, 1), (torch.sin(ang) / s).view(n, 1, 1)
     # pixel centres in [-1, 1], as affine_grid(align_corners=False) has them
     xs = ((torch.arange(W, device=dev, dtype=x.dtype) * 2 + 1) / W - 1).view(1, 1, W)

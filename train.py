@@ -171,7 +171,7 @@ def prepare_batch(batch, cfg, device, train: bool, glyphs=None):
                                                            **COMPOSE_MODES[cfg.compose_mode])
         if glyphs is not None:
             x, mask, tens, units, number = dataset.mix_renders(x, mask, number, *glyphs, cfg.glyph_mix)
-        x = dataset.augment(x)
+        x = dataset.augment(x, shift=cfg.shift)
     return dataset.normalize(x), mask, tens, units, number
 
 

@@ -43,6 +43,8 @@ def test_unknown_and_bad_values_are_clear():
         config.load(["--epochs=three"], env_file="/nonexistent")
     with pytest.raises(SystemExit, match="backbone"):
         config.load(["--backbone=vgg"], env_file="/nonexistent")
+    with pytest.raises(SystemExit, match="shift must be in"):
+        config.load(["--shift=0.6"], env_file="/nonexistent")
 
 
 def test_cuda_fallback_warning():

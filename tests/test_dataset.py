@@ -278,6 +278,20 @@ def test_augment_is_the_textbook_recipe_and_identity_without_jitter():
     assert torch.allclose(still, x, atol=1e-6)
 
 
+def test_shift_moves_each_tracklet_sideways_as_a_whole():
+    """--shift: one horizontal move per tracklet (its frames stay aligned), within +-shift of the width."""
+    B, T, W = 64, 3, 32
+    x = torch.zeros(B, T, 3, 8, W)
+    x[..., W // 2] = 1  # a one-pixel vertical bar in the middle column
+    torch.manual_seed(0)
+    y = dataset.augment(x, degrees=0, translate=0, scale=(1, 1), brightness=0, contrast=0, shift=0.25)
+    centre = (y[:, :, 0, 4] * torch.arange(W)).sum(-1) / y[:, :, 0, 4].sum(-1)  # [B, T] bar position
+    assert torch.allclose(centre, centre[:, :1].expand(B, T), atol=1e-4)  # frames of a tracklet move together
+    moved = centre[:, 0] - W // 2
+    assert moved.abs().max() <= 0.25 * W + 1e-4 and moved.abs().max() > 0.15 * W  # uses the range, no more
+    assert (moved > 1).any() and (moved < -1).any()
+
+
 @pytest.mark.parametrize("use_anchor", [True, False])
 def test_keep_frames_decodes_only_what_is_read_and_reads_the_same_frames(tiny_root, use_anchor):
     samples, _ = dataset.crawl(str(tiny_root))
