@@ -97,6 +97,19 @@ def test_pooled_decoding_matches_one_process_and_reuses_its_pool(tiny_root):
     assert os.read(r, 1) == b"1"
 
 
+@pytest.mark.parametrize("size", [(1, 1), (2, 5), (3, 3), (17, 40), (61, 23)])
+def test_sharpen_2_is_pillows_sharpness_byte_for_byte(tmp_path, size):
+    """load_frame's one-kernel sharpening = ImageEnhance.Sharpness(2.0), edges and tiny images included."""
+    from PIL import Image, ImageEnhance
+    rng = np.random.default_rng(sum(size))
+    img = Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8))
+    path = str(tmp_path / "f.png")
+    img.save(path)
+    want = np.asarray(ImageEnhance.Sharpness(img).enhance(2.0).resize((24, 24), Image.LANCZOS))
+    assert np.array_equal(dataset.load_frame(path, 24, 2.0), want)
+    assert not np.array_equal(dataset.load_frame(path, 24, 1.0), want) or min(size) < 3  # PIL filters skip those
+
+
 def test_crop_keeps_only_its_box_and_has_its_own_cache(tmp_path):
     """--crop cuts the box out before the resize (so it keeps the pixels), and never reads a full-frame cache."""
     from PIL import Image
