@@ -64,7 +64,8 @@ class NaiveTrackletDataset(Dataset):
         s = self.samples[i]
         idx = dataset.select_frames(len(s.frames), s.anchor, self.cfg.seq_len, "uniform", None)
         c = self.cfg
-        frames = [self.tf(Image.fromarray(dataset.load_frame(s.frames[j], c.img_size, c.sharpen, c.crop))) for j in idx]
+        frames = [self.tf(Image.fromarray(dataset.load_frame(s.frames[j], c.img_size, c.sharpen, c.crop, enhance=True)))
+                  for j in idx]
         t, u = dataset.decompose(s.number)
         return torch.stack(frames), t, u, s.number
 

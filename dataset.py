@@ -244,9 +244,10 @@ def keep_frames(samples: list[Sample], picks: list[list[int]]) -> list[Sample]:
 SHARPEN_2 = ImageFilter.Kernel((3, 3), [-1, -1, -1, -1, 21, -1, -1, -1, -1], scale=13)
 
 
-def load_frame(path: str, size: int, sharpen: float = 2.0, crop=FULL_FRAME) -> np.ndarray:
+def load_frame(path: str, size: int, sharpen: float = 2.0, crop=FULL_FRAME, enhance: bool = False) -> np.ndarray:
     """SPEC recipe: RGB -> sharpen -> LANCZOS to size x size. Any PIL mode (L, CMYK, RGBA, P) works.
-    `crop` (left, top, right, bottom as fractions) is cut out first, so the resize spends its pixels there."""
+    `crop` (left, top, right, bottom as fractions) is cut out first, so the resize spends its pixels there.
+    `enhance`: sharpen with ImageEnhance as the original recipe did (same bytes, slower; bench.py's reference)."""
     left, top, right, bottom = crop
     with Image.open(path) as im:
         # JPEG: decode big images at reduced scale (far faster), but never below what the crop needs
@@ -256,7 +257,7 @@ def load_frame(path: str, size: int, sharpen: float = 2.0, crop=FULL_FRAME) -> n
             w, h = im.size
             box = (round(left * w), round(top * h), round(right * w), round(bottom * h))
             im = im.crop((box[0], box[1], max(box[2], box[0] + 1), max(box[3], box[1] + 1)))
-        if sharpen == 2.0:
+        if sharpen == 2.0 and not enhance:
             im = im.filter(SHARPEN_2)
         elif sharpen != 1.0:
             im = ImageEnhance.Sharpness(im).enhance(sharpen)

@@ -107,6 +107,7 @@ def test_sharpen_2_is_pillows_sharpness_byte_for_byte(tmp_path, size):
     img.save(path)
     want = np.asarray(ImageEnhance.Sharpness(img).enhance(2.0).resize((24, 24), Image.LANCZOS))
     assert np.array_equal(dataset.load_frame(path, 24, 2.0), want)
+    assert np.array_equal(dataset.load_frame(path, 24, 2.0, enhance=True), want)
     assert not np.array_equal(dataset.load_frame(path, 24, 1.0), want) or min(size) < 3  # PIL filters skip those
 
 
