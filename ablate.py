@@ -85,6 +85,9 @@ METHODS["torso_narrow_ctc_paste"] = METHODS["torso_narrow_ctc"] + ["--compose_pr
 # single digits sit in the middle of the crop, a tens digit left of it: each tracklet moved sideways by up to
 # 20% of the width shows every digit where either digit of a print stands (report 6.18)
 METHODS |= {f"{m}_shift": METHODS[m] + ["--shift=0.2"] for m in ("torso_narrow_ctc", "torso_suppress_1")}
+# the narrow trunk under the digits heads: its features each see one 22 px strip, and the positional reader
+# pools the left and right halves apart, so the tens head can read the left strips' digit (report 6.19)
+METHODS["torso_narrow_positional"] = METHODS["torso_suppress_1"] + ["--backbone=cnn_narrow", "--reader=positional"]
 HARD_TRAIN, HARD_TEST = synth.HARD_TRAIN, synth.HARD_TEST  # the harder split, defined in synth.py
 
 
