@@ -10,16 +10,16 @@ Measured (sequences per second unless noted):
   train_reference        the original way: float32, contiguous tensors, every frame decoded, sharpened,
                          resized and augmented with PIL in __getitem__ on every epoch
   pipeline / pipeline_naive   the data pipeline alone (ours / the PIL-per-frame one), no model
-  infer_model_bound      inference on in-memory tensors at batch 64
+  infer_model_bound      inference on in-memory tensors at batch 64, with predict.py's default model
+                         (infer_path: on a CPU the trunk in INT8, built from activation ranges observed on training
+                         frames as a checkpoint stores them, int8_build_s its one-off cost; on a GPU the float model)
   infer_end_to_end       from image files, as predict.py does: decode only the frames read, in parallel,
-                         + batched inference at batch 64
+                         + batched inference at batch 64, the same model
+  infer_*_float          the same two with the float model under autocast (predict.py --quantize=false), where
+                         the default is INT8
   infer_reference        from image files, PIL per frame, float32, batch 64
-  infer_end_to_end_int8  the same with the trunk in INT8 (predict.py --quantize; CPU), built once before timing
-                         from activation ranges observed on training frames, as a checkpoint stores them
-                         (int8_build_s: that one-off cost)
-  infer_model_bound_int8 inference on in-memory tensors at batch 64, trunk in INT8
   infer_decode           decoding alone, as predict.py does it (the part of infer_end_to_end that is not the model)
-  latency_ms_batch1      one tracklet, model only
+  latency_ms_batch1[_float]  one tracklet, model only
 Every rate is the best of several timed blocks after a warm-up, ours and the reference alike. The paths a
 ratio compares are timed in 5 interleaved rounds (model-bound, ours, reference, model-bound, ...), so that a slow
 spell of a shared machine falls on both sides of the ratio, not on one.
@@ -123,9 +123,9 @@ def model_bound_train(cfg, device, dtype, block):
     return repeat(lambda: train.train_step(net, crit, opt, scaler, batch, cfg, device, dtype), B, block)
 
 
-def model_bound_infer(cfg, device, dtype, steps):
-    """Inference at batch 64 on in-memory tensors (a block of calls), and the latency of one tracklet (ms)."""
-    net = make_model(cfg, device, dtype is not None).eval()
+def model_bound_infer(net, cfg, device, dtype, steps):
+    """`net` (an inference_model) at batch 64 on in-memory tensors (a block of calls), and the latency of one
+    tracklet (ms)."""
     x = torch.randn(64, cfg.seq_len, 3, cfg.img_size, cfg.img_size, device=device)
     with torch.inference_mode(), utils.autocast(device, dtype):
         latency = 1000.0 / rate(lambda: net(x[:1]), 1, steps)
@@ -134,6 +134,18 @@ def model_bound_infer(cfg, device, dtype, steps):
         with torch.inference_mode(), utils.autocast(device, dtype):
             net(x)
     return repeat(call, 64, max(1, steps // 12)), latency
+
+
+def predict_mode(device) -> str:
+    """The path predict.py takes by default (--quantize=auto) for a checkpoint train.py wrote, which stores
+    activation ranges: the INT8 trunk on a CPU with a quantized engine, else the float model under autocast."""
+    if device.type != "cpu":
+        return "float"
+    try:
+        model_lib.quant_engine()
+        return "int8"
+    except RuntimeError:
+        return "float"
 
 
 def pipeline_blocks(cfg, samples, store, steps):
@@ -194,25 +206,23 @@ def _reference_train(net, crit, opt, loader, device, steps):
 
 
 def inference_model(cfg, samples, store, device, mode: str):
-    """The model as an inference path runs it (mode reference | ours | int8), and the seconds its one-off
+    """The model as an inference path runs it (mode reference | float | int8), and the seconds its one-off
     preparation took (INT8: building the quantized trunk from the activation ranges a checkpoint stores, as
-    predict.py --quantize does; train.py observes them on training frames, as here, outside the timing)."""
+    predict.py does; train.py observes them on training frames, as here, outside the timing)."""
     net = make_model(cfg, device, mode != "reference").eval()
     ranges = model_lib.int8_ranges(net, dataset.calibration_frames(samples, store)) if mode == "int8" else None
     start = time.perf_counter()
     if mode == "int8":
         net = evaluate.quantized(net, samples, store, ranges=ranges)[0]
-    elif mode == "ours":
+    elif mode == "float":
         net = model_lib.fused_for_inference(net)
     return net, time.perf_counter() - start
 
 
-def end_to_end_infer(cfg, samples, store, device, dtype, mode: str = "ours"):
-    """From image files to numbers for every sample, as a long-lived predictor: the model is prepared and
-    warmed up on the batch shapes it will see (first calls build the kernels). Returns (a block doing one
-    full pass, preparation seconds)."""
-    reference = mode == "reference"
-    net, prep_s = inference_model(cfg, samples, store, device, mode)
+def end_to_end_infer(net, cfg, samples, device, dtype, reference: bool = False):
+    """From image files to numbers for every sample with `net` (an inference_model), as a long-lived predictor:
+    warmed up on the batch shapes it will see (first calls build the kernels). Returns a block doing one full
+    pass."""
     shape = (cfg.seq_len, 3, cfg.img_size, cfg.img_size)
     with torch.inference_mode(), utils.autocast(device, None if reference else dtype):
         for b in {64, len(samples) % 64} - {0}:
@@ -232,18 +242,26 @@ def end_to_end_infer(cfg, samples, store, device, dtype, mode: str = "ours"):
             for b in DataLoader(ds, batch_size=64, collate_fn=dataset.collate):
                 net(train.prepare_batch(b, cfg, device, train=False)[0])
         return len(samples)
-    return (run_reference if reference else run_ours), prep_s
+    return run_reference if reference else run_ours
 
 
-def int8_model_bound(cfg, dtype, steps):
-    """Inference at batch 64 on in-memory tensors with the trunk in INT8 (CPU): a block of calls."""
-    x = torch.randn(64, cfg.seq_len, 3, cfg.img_size, cfg.img_size)
-    net = model_lib.int8_trunk(make_model(cfg, torch.device("cpu"), True).eval(), x.flatten(0, 1))
-
-    def call():
-        with torch.inference_mode(), utils.autocast(torch.device("cpu"), dtype):
-            net(x)
-    return repeat(call, 64, max(1, steps // 12))
+def inference_blocks(cfg, samples, store, device, dtype, steps) -> tuple[dict, dict]:
+    """Timed blocks of inference: predict.py's default path (infer_*), the float model when that default is INT8
+    (infer_*_float), the reference and the decoding alone; and the untimed facts (latency, INT8 build time)."""
+    mode = predict_mode(device)
+    paths = {"": mode} if mode == "float" else {"": mode, "_float": "float"}
+    blocks, facts = {}, {"infer_path": mode}
+    for suffix, m in paths.items():
+        net, prep_s = inference_model(cfg, samples, store, device, m)
+        blocks["infer_model_bound" + suffix], facts["latency_ms_batch1" + suffix] = model_bound_infer(
+            net, cfg, device, dtype, steps)
+        blocks["infer_end_to_end" + suffix] = end_to_end_infer(net, cfg, samples, device, dtype)
+        if m == "int8":
+            facts["int8_build_s"] = prep_s
+    reference = inference_model(cfg, samples, store, device, "reference")[0]
+    blocks["infer_reference"] = end_to_end_infer(reference, cfg, samples, device, None, reference=True)
+    blocks["infer_decode"] = decode_block(cfg, samples)
+    return blocks, facts
 
 
 def rates(blocks: dict) -> dict:
@@ -272,7 +290,6 @@ def main(argv=None):
          "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "img_size": cfg.img_size}
     log.info("benchmarking on %s (%s autocast, %d threads)", device, dtype, r["threads"])
     # each group is timed in interleaved rounds, so a ratio's two sides meet the same machine state
-    infer_model_bound, r["latency_ms_batch1"] = model_bound_infer(cfg, device, dtype, steps)
     blocks = pipeline_blocks(cfg, samples, store, steps)
     r.update(rates(blocks))
     block = max(1, steps // 2)
@@ -280,14 +297,8 @@ def main(argv=None):
               "train_end_to_end": end_to_end_train(cfg, samples, store, device, dtype, block, False),
               "train_reference": end_to_end_train(cfg, samples, store, device, None, block, True)}
     r.update(rates(blocks))
-    blocks = {"infer_model_bound": infer_model_bound,
-              "infer_end_to_end": end_to_end_infer(cfg, samples, store, device, dtype)[0],
-              "infer_reference": end_to_end_infer(cfg, samples, store, device, None, "reference")[0],
-              "infer_decode": decode_block(cfg, samples)}
-    if device.type == "cpu":  # predict.py --quantize: the trunk in INT8 (quantized kernels are CPU ones)
-        blocks["infer_end_to_end_int8"], r["int8_build_s"] = end_to_end_infer(cfg, samples, store, device, dtype,
-                                                                              "int8")
-        blocks["infer_model_bound_int8"] = int8_model_bound(cfg, dtype, steps)
+    blocks, facts = inference_blocks(cfg, samples, store, device, dtype, steps)
+    r.update(facts)
     r.update(rates(blocks))
     r["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     r["ratios"] = {
@@ -300,9 +311,9 @@ def main(argv=None):
         / r["infer_reference_seq_per_s"],
         "pipeline_vs_naive": r["pipeline_seq_per_s"] / r["pipeline_naive_seq_per_s"],
     }
-    if "infer_end_to_end_int8_seq_per_s" in r:
-        r["ratios"]["infer_end_to_end_int8_vs_reference"] = \
-            r["infer_end_to_end_int8_seq_per_s"] / r["infer_reference_seq_per_s"]
+    if "infer_end_to_end_float_seq_per_s" in r:
+        r["ratios"]["infer_end_to_end_float_vs_reference"] = \
+            r["infer_end_to_end_float_seq_per_s"] / r["infer_reference_seq_per_s"]
     out = extra["out"] or os.path.join(cfg.results_dir, "bench.json")
     utils.atomic_save(r, out)
     for k, v in r.items():

@@ -357,7 +357,7 @@ def fused_for_inference(net: JerseyTemporalNet) -> JerseyTemporalNet:
     return net
 
 
-def _quant_engine() -> str:
+def quant_engine() -> str:
     engine = next((e for e in ("x86", "fbgemm", "qnnpack") if e in torch.backends.quantized.supported_engines), None)
     if engine is None:
         raise RuntimeError("this PyTorch build has no quantized CPU engine (x86, fbgemm or qnnpack)")
@@ -370,7 +370,7 @@ def _prepared_trunk(net: JerseyTemporalNet, input_shape):
     observers on every activation; the engine it was prepared for)."""
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_fx
-    engine = _quant_engine()
+    engine = quant_engine()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated in favour of torchao; it still works
         trunk = prepare_fx(copy.deepcopy(net.backbone).cpu().eval(), get_default_qconfig_mapping(engine),

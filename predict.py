@@ -17,13 +17,16 @@ and `uncertain: true` when confidence < --uncertain_below. That threshold defaul
 the checkpoint's validation answers under the checkpoint's own rule (see train.uncertain_threshold), else 0.5;
 a --rule other than the one the checkpoint was trained with keeps that value, so set --uncertain_below then.
 
---quantize: for prediction, the trunk (the convolutions, ~80% of the model's time) runs in INT8 on the CPU:
-post-training static quantization with the activation ranges train.py stored in the checkpoint (observed on 256
-training frames at each epoch), else calibrated on up to 256 of the input's own frames (no labels needed), about
-twice the speed of the bfloat16 trunk (TECHNICAL_REPORT.md section 8 has its accuracy); the LSTM and heads keep
-the usual precision. On labelled inputs the float model also runs, and both accuracies are reported. With
---export_onnx it writes <name>.int8.onnx with onnxruntime's dynamic quantiser (about a quarter of the float
-file) and reports sizes and the largest probability change.
+--quantize=auto|true|false (default auto): where the trunk (the convolutions, ~80% of the model's time) runs in
+INT8 on the CPU: post-training static quantization with the activation ranges train.py stored in the checkpoint
+(observed on 256 training frames at each epoch), else calibrated on up to 256 of the input's own frames (no
+labels needed), about twice the speed of the bfloat16 trunk; the LSTM and heads keep the usual precision. auto
+uses it when the model runs on a CPU and the checkpoint carries ranges for this machine's quantized engine: it
+answers as the float model on 96-99% of tracklets, at the same accuracy within a point, also on footage
+brightened, darkened, blurred or inverted (TECHNICAL_REPORT.md section 8); false keeps the float model. An
+explicit --quantize (true) on labelled inputs also runs the float model and reports both accuracies. With
+--export_onnx, --quantize writes <name>.int8.onnx with onnxruntime's dynamic quantiser (about a quarter of the
+float file) and reports sizes and the largest probability change.
 """
 import csv
 import dataclasses
@@ -46,15 +49,17 @@ import train
 import utils
 
 log = utils.log
-EXTRAS = {"out": "", "export_onnx": "", "quantize": False, "uncertain_below": -1.0}
+EXTRAS = {"out": "", "export_onnx": "", "quantize": "auto", "uncertain_below": -1.0}
+CHOICE_FLAGS = {"quantize"}  # flags whose value is optional: true/false/auto, never an INPUT
+TRUTHY, FALSY = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 # ---- finding tracklets ----------------------------------------------------------------------------------
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     """Options for config.load, and the INPUT paths between them. `--key value` takes the next word as its
-    value, except for true/false flags, which only take a literal true/false (so `--quantize DIR` works)."""
-    flags = {k for k, v in EXTRAS.items() if isinstance(v, bool)}
+    value, except for flags, which only take a literal true/false (or auto) (so `--quantize DIR` works)."""
+    flags = {k for k, v in EXTRAS.items() if isinstance(v, bool)} | CHOICE_FLAGS
     flags |= {f.name for f in dataclasses.fields(config.Config) if f.type is bool}
     opts, inputs, i = [], [], 0
     while i < len(argv):
@@ -66,7 +71,7 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
             key = a[2:].replace("-", "_")
             nxt = argv[i + 1] if i + 1 < len(argv) else None
             takes = nxt is not None and not nxt.startswith("--") and "=" not in a
-            if takes and (key not in flags or nxt.lower() in ("1", "0", "true", "false", "yes", "no", "on", "off")):
+            if takes and (key not in flags or nxt.lower() in TRUTHY + FALSY + ("auto",)):
                 opts.append(nxt)
                 i += 1
         i += 1
@@ -332,6 +337,29 @@ def compare(res_float, res_int8) -> dict:
             "max_prob_diff": round(float((res_float["p_num"] - res_int8["p_num"]).abs().max()), 4)}
 
 
+def quantize_choice(raw: str) -> str:
+    """--quantize as 'true', 'false' or 'auto'; one clear error for anything else."""
+    raw = raw.lower()
+    if raw not in TRUTHY + FALSY + ("auto",):
+        raise config.ConfigError(f"--quantize takes true, false or auto, not {raw!r}")
+    return "auto" if raw == "auto" else str(raw in TRUTHY).lower()
+
+
+def wants_int8(choice: str, ckpt: dict, device: torch.device) -> bool:
+    """Whether to run the trunk in INT8: --quantize=true/false as said; auto where the model runs on a CPU and the
+    checkpoint carries activation ranges for this machine's quantized engine (then it costs no calibration and
+    no accuracy; report section 8)."""
+    if choice != "auto":
+        return choice == "true"
+    ranges = ckpt.get("int8_ranges")
+    if device.type != "cpu" or not ranges:
+        return False
+    try:
+        return ranges.get("engine") == model_lib.quant_engine()
+    except RuntimeError:  # this PyTorch build has no quantized CPU engine
+        return False
+
+
 # ---- main -----------------------------------------------------------------------------------------------
 
 def main(argv=None):
@@ -343,24 +371,30 @@ def main(argv=None):
     cfg, extra, ckpt, net = evaluate.load_for_eval(opts, EXTRAS)
     utils.setup_logging()
     cfg.max_steps = 0  # a smoke-test checkpoint's step limit must not drop tracklets here
+    extra["quantize"] = quantize_choice(extra["quantize"])
     if extra["export_onnx"]:
         if inputs:
             raise config.ConfigError(f"--export_onnx takes no INPUT (got {inputs}); predict in a separate run")
-        return export(net, cfg, extra["export_onnx"], extra["quantize"])
+        return export(net, cfg, extra["export_onnx"], extra["quantize"] == "true")
     if not inputs:
         raise config.ConfigError("no INPUT given: python predict.py --checkpoint CKPT FOLDER [FOLDER ...]")
     threshold = utils.uncertain_threshold(ckpt, extra["uncertain_below"])
-    device = torch.device("cpu") if extra["quantize"] else utils.device_of(cfg)  # quantized kernels are CPU ones
+    device = utils.device_of(cfg)
+    int8 = wants_int8(extra["quantize"], ckpt, device)
+    device = torch.device("cpu") if int8 else device  # quantized kernels are CPU ones
     dtype = utils.amp_dtype(device, cfg.amp)
     samples, store, skipped = load_inputs(inputs, cfg)
     picks = pick_frames(samples, cfg)
     net.to(device).eval()
-    meta = {"checkpoint": extra["checkpoint"], "uncertain_below": threshold, "skipped": dict(skipped)}
-    if extra["quantize"]:
-        int8, ranges_from = evaluate.quantized(net, samples, store, picks, ckpt.get("int8_ranges"))
-        res = run(int8, samples, store, picks, cfg, device, dtype, desc="predict int8")
-        meta["quantization"] = {"float_mb": state_mb(net), "int8_mb": state_mb(int8), "ranges_from": ranges_from}
-        if any(s.number is not None for s in samples):  # labelled: what INT8 costs, on these very tracklets
+    meta = {"checkpoint": extra["checkpoint"], "uncertain_below": threshold, "skipped": dict(skipped),
+            "int8_trunk": int8}
+    if int8:
+        q_net, ranges_from = evaluate.quantized(net, samples, store, picks, ckpt.get("int8_ranges"))
+        log.info("trunk in INT8 (activation ranges from the %s; --quantize=false for the float model)", ranges_from)
+        res = run(q_net, samples, store, picks, cfg, device, dtype, desc="predict int8")
+        meta["quantization"] = {"float_mb": state_mb(net), "int8_mb": state_mb(q_net), "ranges_from": ranges_from}
+        labelled = any(s.number is not None for s in samples)
+        if labelled and extra["quantize"] == "true":  # asked for: what INT8 costs, on these very tracklets
             res_float = run(model_lib.fused_for_inference(net), samples, store, picks, cfg, device, dtype,
                             desc="predict float (for comparison)")
             float_summary = summary(rows(res_float, samples, picks, threshold, cfg))

@@ -106,6 +106,7 @@ def test_every_input_kind_gives_one_record_per_tracklet(setup, predicted):
         by_dir.setdefault(os.path.relpath(p["tracklet"], tmp).split(os.sep)[0], []).append(p)
     assert {k: len(v) for k, v in by_dir.items()} == {"spec": 9, "single": 1, "one": 1, "many": 2, "soccernet": 3}
     assert predicted["num_tracklets"] == 16 and predicted["skipped"] == {"empty tracklet folder": 1}
+    assert predicted["int8_trunk"] is False  # --quantize=auto, and this checkpoint stores no activation ranges
     assert sorted(p["true"] for p in by_dir["spec"]) == sorted(n for n in NUMBERS for _ in range(3))
     assert sorted(p["true"] for p in by_dir["soccernet"]) == [-1, 4, 49]
     assert not any("true" in p for k in ("single", "one", "many") for p in by_dir[k])
@@ -243,10 +244,21 @@ def test_int8_ranges_stored_in_a_checkpoint(setup, tmp_path):
         model_lib.int8_trunk(other, ranges=ranges)
     _, meta = predict.main(["--checkpoint", str(path), "--quantize", inputs["one"], "--out", str(tmp_path / "o.json")])
     assert meta["quantization"]["ranges_from"] == "checkpoint" and meta["num_tracklets"] == 1
+    # the default (auto) on a CPU: INT8 from the stored ranges, with no float run beside it even on labelled input
+    preds, meta = predict.main(["--checkpoint", str(path), inputs["spec"], "--out", str(tmp_path / "a.json")])
+    assert meta["int8_trunk"] and set(meta["quantization"]) == {"float_mb", "int8_mb", "ranges_from"}
+    assert meta["quantization"]["ranges_from"] == "checkpoint"
+    explicit, _ = predict.main(["--checkpoint", str(path), "--quantize", "true", inputs["spec"],
+                                "--out", str(tmp_path / "t.json")])
+    assert [p["prediction"] for p in preds] == [p["prediction"] for p in explicit]
+    _, meta = predict.main(["--checkpoint", str(path), "--quantize=false", inputs["one"], "--out", str(tmp_path / "f.json")])
+    assert not meta["int8_trunk"] and "quantization" not in meta
     state["int8_ranges"] = {**ranges, "engine": "not-" + ranges["engine"]}
     torch.save(state, path)
     _, meta = predict.main(["--checkpoint", str(path), "--quantize", inputs["one"], "--out", str(tmp_path / "o.json")])
     assert meta["quantization"]["ranges_from"] == "input"
+    _, meta = predict.main(["--checkpoint", str(path), inputs["one"], "--out", str(tmp_path / "o.json")])
+    assert not meta["int8_trunk"]  # auto: ranges for another engine would need a calibration pass, so float
 
 
 def test_argv_splitting():
@@ -254,6 +266,11 @@ def test_argv_splitting():
                                        "--quantize", "true", "--batch_size", "8", "d"])
     assert inputs == ["a", "b", "c", "d"]
     assert opts == ["--checkpoint", "c.pth", "--quantize", "--out=x.csv", "--quantize", "true", "--batch_size", "8"]
+    opts, inputs = predict.split_argv(["--quantize", "auto", "a", "--quantize", "FALSE", "b"])
+    assert inputs == ["a", "b"] and opts == ["--quantize", "auto", "--quantize", "FALSE"]
+    assert [predict.quantize_choice(v) for v in ("auto", "1", "FALSE", "yes")] == ["auto", "true", "false", "true"]
+    with pytest.raises(SystemExit, match="true, false or auto"):
+        predict.quantize_choice("maybe")
 
 
 def test_clear_errors(setup, tmp_path):
