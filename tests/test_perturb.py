@@ -1,0 +1,47 @@
+"""perturb.py: every op writes a readable copy in the source layout, changes the pixels as named, and bad input
+gets one clear error."""
+import numpy as np
+import pytest
+from PIL import Image
+
+import dataset
+import perturb
+from conftest import write_tracklet
+
+
+@pytest.fixture()
+def src(tmp_path):
+    for n in (4, 48):
+        write_tracklet(tmp_path / "src" / str(n) / "player_1_seq_1" / "0", 2, text=str(n), seed=n)
+    (tmp_path / "src" / "4" / "player_1_seq_1" / "0" / "broken.jpg").write_bytes(b"not a jpeg")
+    return tmp_path / "src"
+
+
+def test_every_op_keeps_the_layout_and_changes_the_pixels(src, tmp_path):
+    out = tmp_path / "out"
+    counts = perturb.main(["--src", str(src), "--out", str(out)])
+    assert counts["skipped (unreadable)"] == 1 and all(counts[op] == 4 for op in perturb.OPS)  # 2 tracklets x 2
+    for op in perturb.OPS:
+        samples = dataset.crawl(str(out / op))[0]
+        assert sorted(s.number for s in samples) == [4, 48]  # a dataset root the other scripts read
+    rel = "4/player_1_seq_1/0/stripes.png"  # mid-grey stripes: no op saturates them
+    stripes = np.tile(np.repeat(np.array([90, 160], dtype=np.uint8), 4), (40, 4))
+    Image.fromarray(stripes).convert("RGB").save(src / rel)
+    perturb.main(["--src", str(src), "--out", str(out)])
+    grey = {op: np.asarray(Image.open(out / op / rel).convert("L"), dtype=float) for op in perturb.OPS}
+    orig = np.asarray(Image.open(src / rel).convert("L"), dtype=float)
+    assert grey["bright"].mean() > orig.mean() + 10 and grey["dark"].mean() < orig.mean() - 10
+    assert grey["contrast"].std() > orig.std() and grey["blur"].std() < orig.std()
+    assert abs(grey["invert"].mean() - (255 - orig.mean())) < 3
+    assert grey["lowres"].shape == orig.shape
+
+
+def test_only_the_chosen_numbers_and_clear_errors(src, tmp_path):
+    counts = perturb.main(["--src", str(src), "--out", str(tmp_path / "o"), "--ops", "blur", "--numbers", "48"])
+    assert counts == {"blur": 2} and not (tmp_path / "o" / "blur" / "4").exists()
+    with pytest.raises(SystemExit, match="unknown op"):
+        perturb.main(["--src", str(src), "--ops", "sepia"])
+    with pytest.raises(SystemExit, match="no folder for number"):
+        perturb.main(["--src", str(src), "--numbers", "77"])
+    with pytest.raises(SystemExit, match="not a folder"):
+        perturb.main(["--src", str(tmp_path / "nope")])
