@@ -6,6 +6,7 @@
 
 Every op writes <out>/<op>/ in the layout of --src (SPEC layout: <number>/<sequence>/<sub-tracklet>/*.jpg), so
 each is a dataset root the other scripts read. The ops are fixed, not random, so two runs give the same files:
+  copy      unchanged (re-encoded only: the baseline for the others)
   bright    brightness x1.6            dark      brightness x0.45
   contrast  contrast x2.2              blur      Gaussian blur, radius 1.5 px
   lowres    down to half size and back up (bilinear), as a farther camera would see it
@@ -21,6 +22,7 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from tqdm import tqdm
 
 OPS = {
+    "copy": lambda im: im,  # re-encoded only: the baseline the others are compared with
     "bright": lambda im: ImageEnhance.Brightness(im).enhance(1.6),
     "dark": lambda im: ImageEnhance.Brightness(im).enhance(0.45),
     "contrast": lambda im: ImageEnhance.Contrast(im).enhance(2.2),

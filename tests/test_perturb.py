@@ -33,7 +33,7 @@ def test_every_op_keeps_the_layout_and_changes_the_pixels(src, tmp_path):
     assert grey["bright"].mean() > orig.mean() + 10 and grey["dark"].mean() < orig.mean() - 10
     assert grey["contrast"].std() > orig.std() and grey["blur"].std() < orig.std()
     assert abs(grey["invert"].mean() - (255 - orig.mean())) < 3
-    assert grey["lowres"].shape == orig.shape
+    assert grey["lowres"].shape == orig.shape and np.array_equal(grey["copy"], orig)  # PNG: lossless
 
 
 def test_only_the_chosen_numbers_and_clear_errors(src, tmp_path):
