@@ -22,9 +22,9 @@ INT8 on the CPU: post-training static quantization with the activation ranges tr
 (observed on 256 training frames at each epoch), else calibrated on up to 256 of the input's own frames (no
 labels needed), about twice the speed of the bfloat16 trunk; the LSTM and heads keep the usual precision. auto
 uses it when the model runs on a CPU and the checkpoint carries ranges for this machine's quantized engine: it
-answers as the float model on 94-99% of tracklets, with seen and held-out accuracy unchanged, and on darkened,
-blurred or downscaled footage within 1.6 points, 0.3 on average (TECHNICAL_REPORT.md section 8); false keeps the
-float model. An explicit --quantize (true) on labelled inputs also runs the float model and reports both
+answers as the float model on 94-99% of tracklets, with seen and held-out accuracy unchanged, and on perturbed
+footage (perturb.py: brighter, darker, blurred, ...) within 1.6 points, 0.3 on average (TECHNICAL_REPORT.md
+section 8); false keeps the float model. An explicit --quantize (true) on labelled inputs also runs the float model and reports both
 accuracies. With --export_onnx, --quantize writes <name>.int8.onnx with onnxruntime's dynamic quantiser (about a
 quarter of the float file) and reports sizes and the largest probability change.
 """
@@ -347,8 +347,8 @@ def quantize_choice(raw: str) -> str:
 
 def wants_int8(choice: str, ckpt: dict, device: torch.device) -> bool:
     """Whether to run the trunk in INT8: --quantize=true/false as said; auto where the model runs on a CPU and the
-    checkpoint carries activation ranges for this machine's quantized engine (then it costs no calibration and
-    no accuracy; report section 8)."""
+    checkpoint carries activation ranges for this machine's quantized engine (then it needs no calibration pass;
+    its accuracy against the float model: report section 8)."""
     if choice != "auto":
         return choice == "true"
     ranges = ckpt.get("int8_ranges")
