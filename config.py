@@ -242,6 +242,9 @@ def apply_method(cfg: Config) -> Config:
     return cfg
 
 
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")  # how a flag is spelt
+
+
 def _parse_value(name: str, typ, raw: str):
     origin = typing.get_origin(typ)
     if origin is types.UnionType:  # float | str: a number, or a keyword such as 'auto' (validate() checks which)
@@ -254,9 +257,9 @@ def _parse_value(name: str, typ, raw: str):
         return [inner(x) for x in raw.replace(" ", "").split(",") if x]
     if typ is bool:
         low = raw.strip().lower()
-        if low in ("1", "true", "yes", "on", ""):
+        if low in TRUE_WORDS + ("",):
             return True
-        if low in ("0", "false", "no", "off"):
+        if low in FALSE_WORDS:
             return False
         raise ValueError(f"expected true/false, got {raw!r}")
     return typ(raw)

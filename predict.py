@@ -51,7 +51,7 @@ import utils
 log = utils.log
 EXTRAS = {"out": "", "export_onnx": "", "quantize": "auto", "uncertain_below": -1.0}
 CHOICE_FLAGS = {"quantize"}  # flags whose value is optional: true/false/auto, never an INPUT
-TRUTHY, FALSY = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+CHOICE_WORDS = config.TRUE_WORDS + config.FALSE_WORDS + ("auto",)
 
 
 # ---- finding tracklets ----------------------------------------------------------------------------------
@@ -71,7 +71,7 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
             key = a[2:].replace("-", "_")
             nxt = argv[i + 1] if i + 1 < len(argv) else None
             takes = nxt is not None and not nxt.startswith("--") and "=" not in a
-            if takes and (key not in flags or nxt.lower() in TRUTHY + FALSY + ("auto",)):
+            if takes and (key not in flags or nxt.lower() in CHOICE_WORDS):
                 opts.append(nxt)
                 i += 1
         i += 1
@@ -340,9 +340,9 @@ def compare(res_float, res_int8) -> dict:
 def quantize_choice(raw: str) -> str:
     """--quantize as 'true', 'false' or 'auto'; one clear error for anything else."""
     raw = raw.lower()
-    if raw not in TRUTHY + FALSY + ("auto",):
+    if raw not in CHOICE_WORDS:
         raise config.ConfigError(f"--quantize takes true, false or auto, not {raw!r}")
-    return "auto" if raw == "auto" else str(raw in TRUTHY).lower()
+    return "auto" if raw == "auto" else str(raw in config.TRUE_WORDS).lower()
 
 
 def wants_int8(choice: str, ckpt: dict, device: torch.device) -> bool:
