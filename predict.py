@@ -58,9 +58,11 @@ CHOICE_WORDS = config.TRUE_WORDS + config.FALSE_WORDS + ("auto",)
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     """Options for config.load, and the INPUT paths between them. `--key value` takes the next word as its
-    value, except for flags, which only take a literal true/false (or auto) (so `--quantize DIR` works)."""
-    flags = {k for k, v in EXTRAS.items() if isinstance(v, bool)} | CHOICE_FLAGS
-    flags |= {f.name for f in dataclasses.fields(config.Config) if f.type is bool}
+    value, except for flags, which only take their own words: true/false, and auto for CHOICE_FLAGS (so
+    `--quantize DIR` works)."""
+    bools = [k for k, v in EXTRAS.items() if isinstance(v, bool)]
+    bools += [f.name for f in dataclasses.fields(config.Config) if f.type is bool]
+    words = {**dict.fromkeys(bools, config.TRUE_WORDS + config.FALSE_WORDS), **dict.fromkeys(CHOICE_FLAGS, CHOICE_WORDS)}
     opts, inputs, i = [], [], 0
     while i < len(argv):
         a = argv[i]
@@ -71,7 +73,7 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
             key = a[2:].replace("-", "_")
             nxt = argv[i + 1] if i + 1 < len(argv) else None
             takes = nxt is not None and not nxt.startswith("--") and "=" not in a
-            if takes and (key not in flags or nxt.lower() in CHOICE_WORDS):
+            if takes and (key not in words or nxt.lower() in words[key]):
                 opts.append(nxt)
                 i += 1
         i += 1

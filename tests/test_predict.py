@@ -268,6 +268,8 @@ def test_argv_splitting():
     assert opts == ["--checkpoint", "c.pth", "--quantize", "--out=x.csv", "--quantize", "true", "--batch_size", "8"]
     opts, inputs = predict.split_argv(["--quantize", "auto", "a", "--quantize", "FALSE", "b"])
     assert inputs == ["a", "b"] and opts == ["--quantize", "auto", "--quantize", "FALSE"]
+    opts, inputs = predict.split_argv(["--amp", "auto", "--amp", "no"])  # 'auto' is no word for a true/false flag
+    assert inputs == ["auto"] and opts == ["--amp", "--amp", "no"]
     assert [predict.quantize_choice(v) for v in ("auto", "1", "FALSE", "yes")] == ["auto", "true", "false", "true"]
     with pytest.raises(SystemExit, match="true, false or auto"):
         predict.quantize_choice("maybe")
