@@ -100,8 +100,9 @@ class Config:
     glyph_images: int = 5000             # renders in that bank (made once per run)
     split_views: float = 0.0             # >0: also train the units head on the left/right halves of the crop (one digit
                                          # each, or a fragment), loss weight this; enables the `split` rule
-    erase_views: float = 0.0             # >0: also train each head on the two-digit tracklets with the other digit's
-                                         # half painted over (dataset.erased_views), loss weight this
+    erase_views: float = 0.0             # >0: also train each head (the CTC reader: on the digit left) on the two-digit
+                                         # tracklets with the other digit's half painted over (dataset.erased_views),
+                                         # loss weight this
     patience: int = 10
     min_delta: float = 0.001
     amp: bool = True                     # float16 + GradScaler on CUDA, bfloat16 autocast on CPUs that support it
@@ -176,7 +177,7 @@ class Config:
             (self.ctc_context >= 0, "ctc_context must be >= 0"),
             (self.split_views >= 0 and 0 <= self.split_threshold <= 1, "split_views >= 0, split_threshold in [0, 1]"),
             (self.erase_views >= 0, "erase_views must be >= 0"),
-            (self.erase_views == 0 or self.head == "digits", "erase_views needs --head=digits (a tens and a units head)"),
+            (self.erase_views == 0 or self.head in ("digits", "ctc"), "erase_views needs --head=digits or ctc"),
             (not self.reads_halves() or self.head == "digits", "split_views and read_halves need --head=digits (its "
                                                                "units head reads the halves)"),
             (self.rule not in ("split", "halves") or self.reads_halves(), "rule=split or halves needs --read_halves "

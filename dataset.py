@@ -598,7 +598,7 @@ def two_digit_and_as_many_single(number):
     return two, one[torch.randperm(len(one), device=one.device)[:len(two)]]
 
 
-def erased_views(x, mask, number, jitter: float = 0.08):
+def erased_views(x, mask, number, jitter: float = 0.08, empty_views: bool = True):
     """Training views for --erase_views, each a tracklet with the part of every frame on one side of a cut near
     the middle painted in that part's mean colour. Tens-head views (right part painted): every two-digit
     tracklet in the batch, labelled with its tens digit, and as many single digits, labelled EMPTY (half of a
@@ -606,8 +606,11 @@ def erased_views(x, mask, number, jitter: float = 0.08):
     with their units digit. The digit left standing keeps its place and size, so the tens head has to read the
     4 of 49 without the 9 beside it: "the left digit is 4", not "this looks like 49". Without the EMPTY views
     every tens view would hold a digit and the tens head would learn that anything left of centre is one.
+    `empty_views=False` leaves those out: for the CTC reader a view is labelled with the number it shows, and a
+    half-painted single digit shows none.
     Returns views [K, T, C, H, W], their mask, labels [K] and head [K] (0 tens, 1 units)."""
     two, one = two_digit_and_as_many_single(number)
+    one = one if empty_views else one[:0]
     src = torch.cat([two, one, two])
     head = torch.cat([torch.zeros(len(two) + len(one)), torch.ones(len(two))]).long().to(number.device)
     labels = torch.cat([number[two] // 10, torch.full_like(number[one], EMPTY), number[two] % 10])

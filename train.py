@@ -180,7 +180,7 @@ def train_step(model, criterion, optimizer, scaler, batch, cfg, device, dtype) -
     MixUp, forward, loss, clipping, update. Returns the loss, or None when it was not finite (no update)."""
     x, mask, tens, units, number = batch
     split = dataset.half_views(x, mask, number) if cfg.split_views > 0 else None
-    erased = dataset.erased_views(x, mask, number) if cfg.erase_views > 0 else None
+    erased = dataset.erased_views(x, mask, number, empty_views=cfg.head == "digits") if cfg.erase_views > 0 else None
     mix = cfg.mixup_alpha > 0 and random.random() < cfg.mixup_prob
     lam, perm = (np.random.beta(cfg.mixup_alpha, cfg.mixup_alpha), torch.randperm(x.shape[0], device=device)) \
         if mix else (1.0, None)
@@ -248,13 +248,16 @@ def forward_with_views(model, x, mask, *groups):
 
 def view_loss(cfg, split, erased, split_out, erased_out):
     """Extra loss of the half views (units head, NO_DIGIT for fragments) and of the erased views (each on the
-    head it is labelled for); unweighted, as every digit is as welcome there."""
+    head it is labelled for; for the CTC reader, the one digit left standing read as a number); unweighted, as
+    every digit is as welcome there."""
     def ce(logits, y):
         return F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
     loss = 0.0
     if split_out is not None:
         loss = loss + cfg.split_views * ce(split_out["units"], split[2])
-    if erased_out is not None:
+    if erased_out is not None and cfg.head == "ctc":
+        loss = loss - cfg.erase_views * erased_out["number"].float().gather(1, erased[2][:, None]).mean()
+    elif erased_out is not None:
         labels, head = erased[2], erased[3]
         loss = loss + cfg.erase_views * sum(ce(erased_out[name][head == h], labels[head == h])
                                             for h, name in enumerate(("tens", "units")) if (head == h).any())

@@ -184,6 +184,19 @@ def test_erased_views_hide_one_side_in_place_and_label_what_is_left():
     assert len(dataset.erased_views(x, mask, torch.tensor([4, 6, 8, 9, 4]))[0]) == 0
 
 
+def test_erased_views_for_the_ctc_reader_are_the_digits_left_standing():
+    number = torch.tensor([49, 6, 86, 4, 8])
+    x, mask = torch.rand(5, 3, 3, 8, 10), torch.ones(5, 3, dtype=torch.bool)
+    views, _, labels, head = dataset.erased_views(x, mask, number, jitter=0.0, empty_views=False)
+    assert len(views) == 4 and labels.tolist() == [4, 8, 9, 6] and head.tolist() == [0, 0, 1, 1]
+    # the CTC reader's loss on them: minus the mean log-likelihood of the digit left, times the weight
+    logp = torch.full((4, 100), -9.0)
+    logp[torch.arange(4), labels] = torch.tensor([-1.0, -2.0, -3.0, -4.0])
+    cfg = config.Config(head="ctc", erase_views=0.5)
+    assert float(train.view_loss(cfg, None, (views, None, labels, head), None, {"number": logp})) == \
+        pytest.approx(0.5 * 2.5)
+
+
 def test_forward_with_views_returns_each_groups_own_outputs():
     cfg = config.Config(backbone="cnn", img_size=32, pretrained=False)
     net = model_lib.build(cfg).eval()
@@ -214,15 +227,16 @@ def test_erased_view_loss_trains_each_head_on_its_own_views():
 def test_erase_config_and_a_training_run_with_erased_views(tmp_path):
     cfg, _ = config.load(["--method=erase"])
     assert cfg.erase_views == 1.0 and cfg.crop == config.TORSO_CROP and cfg.rule == "argmax"
-    for argv, msg in ((["--erase_views=1", "--head=ctc"], "erase_views needs --head=digits"),
+    for argv, msg in ((["--erase_views=1", "--head=compositional"], "erase_views needs --head=digits or ctc"),
                       (["--erase_views=-1"], "erase_views must be >= 0")):
         with pytest.raises(config.ConfigError, match=msg):
             config.load(argv)
     root = synth.generate(tmp_path / "data", counts={4: 6, 49: 6, 66: 6}, seed=0, workers=1, progress=False)
-    train.main([f"--data_root={root}", f"--checkpoint_dir={tmp_path}/ck", f"--results_dir={tmp_path}/res",
-                f"--log_dir={tmp_path}/logs", f"--cache_dir={tmp_path}/cache", "--img_size=32", "--batch_size=4",
-                "--pretrained=false", "--train_classes=4,49,66", "--test_classes=48", "--val_split=0.34",
-                "--epochs=1", "--method=erase"])
-    ckpt = utils.load_checkpoint(f"{tmp_path}/ck/best_model.pth")
-    assert ckpt["config"]["erase_views"] == 1.0
-    assert [h["skipped_steps"] for h in ckpt["history"]] == [0] and ckpt["history"][0]["train_loss"] > 0
+    for head in ("digits", "ctc"):
+        train.main([f"--data_root={root}", f"--checkpoint_dir={tmp_path}/{head}", f"--results_dir={tmp_path}/res",
+                    f"--log_dir={tmp_path}/logs", f"--cache_dir={tmp_path}/cache", "--img_size=32", "--batch_size=4",
+                    "--pretrained=false", "--train_classes=4,49,66", "--test_classes=48", "--val_split=0.34",
+                    "--epochs=1", "--method=erase", f"--head={head}", "--backbone=cnn"])
+        ckpt = utils.load_checkpoint(f"{tmp_path}/{head}/best_model.pth")
+        assert ckpt["config"]["erase_views"] == 1.0 and ckpt["config"]["head"] == head
+        assert [h["skipped_steps"] for h in ckpt["history"]] == [0] and ckpt["history"][0]["train_loss"] > 0
