@@ -1,4 +1,5 @@
-"""Perturbed copies of a tracklet dataset, for robustness checks (light, contrast, blur, resolution, colours).
+"""Perturbed copies of a tracklet dataset, for robustness checks (light, contrast, blur, resolution, colours,
+angle, occlusion, motion).
 
     python perturb.py --src data/synthetic/scale1_seed0 --out data/perturbed --numbers=4,8,49,48,64,88
     python predict.py --checkpoint checkpoints/best_model.pth data/perturbed/blur --quantize   # INT8 vs float
@@ -11,6 +12,10 @@ each is a dataset root the other scripts read. The ops are fixed, not random, so
   contrast  contrast x2.2              blur      Gaussian blur, radius 1.5 px
   lowres    down to half size and back up (bilinear), as a farther camera would see it
   invert    colours inverted (a light number on a dark shirt becomes dark on light)
+  rotate    turned 12 degrees counter-clockwise about the centre, corners filled with the edge colour
+  occlude   a grey block over the right 30% of the box from 20% to 70% of its height (a passing player's arm
+            or body): often over the units digit
+  motion    horizontal motion blur, 5 px (a player running across the image)
 Copies are saved in their own format (JPEG at quality 90, which adds its own small loss). Unreadable images are
 skipped and counted.
 """
@@ -30,8 +35,26 @@ OPS = {
     "lowres": lambda im: im.resize((max(1, im.width // 2), max(1, im.height // 2)), Image.BILINEAR)
     .resize(im.size, Image.BILINEAR),
     "invert": ImageOps.invert,
+    "rotate": lambda im: im.rotate(12, resample=Image.BILINEAR, fillcolor=_edge_colour(im)),
+    "occlude": lambda im: _occluded(im, (0.7, 0.2, 1.0, 0.7)),
+    "motion": lambda im: im.filter(ImageFilter.Kernel((5, 5), [0] * 10 + [1] * 5 + [0] * 10, scale=5)),
 }
 IMAGE_EXT = (".jpg", ".jpeg", ".png")
+
+
+def _edge_colour(im: Image.Image) -> tuple:
+    """Mean colour of the image's border pixels, so a turned frame's empty corners look like background."""
+    w, h = im.size
+    px = [im.getpixel((x, y)) for x in range(w) for y in (0, h - 1)] + \
+         [im.getpixel((x, y)) for y in range(h) for x in (0, w - 1)]
+    return tuple(round(sum(c) / len(px)) for c in zip(*px))
+
+
+def _occluded(im: Image.Image, box: tuple) -> Image.Image:
+    """A copy with a flat mid-grey block over `box` (left, top, right, bottom as fractions of the size)."""
+    out, (w, h) = im.copy(), im.size
+    out.paste((128, 128, 128), (round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h)))
+    return out
 
 
 def images(src: str, numbers: list[str] | None) -> list[str]:

@@ -34,6 +34,21 @@ def test_every_op_keeps_the_layout_and_changes_the_pixels(src, tmp_path):
     assert grey["contrast"].std() > orig.std() and grey["blur"].std() < orig.std()
     assert abs(grey["invert"].mean() - (255 - orig.mean())) < 3
     assert grey["lowres"].shape == orig.shape and np.array_equal(grey["copy"], orig)  # PNG: lossless
+    # occlusion: a flat grey block over the right 30%, rows 20-70%; everything else untouched
+    h, w = orig.shape
+    block = (slice(round(0.2 * h), round(0.7 * h)), slice(round(0.7 * w), w))
+    assert np.all(grey["occlude"][block] == 128)
+    outside = np.ones_like(orig, dtype=bool)
+    outside[block] = False
+    assert np.array_equal(grey["occlude"][outside], orig[outside])
+    # the turned copy moves the stripes but keeps the brightness (corners filled with the border's mean)
+    assert np.abs(grey["rotate"] - orig).mean() > 10 and abs(grey["rotate"].mean() - orig.mean()) < 5
+    # motion blur is horizontal: it smears these vertical stripes, not the same stripes turned on their side
+    assert grey["motion"][2:-2, 2:-2].std() < 0.5 * orig.std()
+    Image.fromarray(stripes.T.copy()).convert("RGB").save(src / rel)
+    perturb.main(["--src", str(src), "--out", str(out), "--ops", "motion"])
+    across = np.asarray(Image.open(out / "motion" / rel).convert("L"), dtype=float)
+    assert np.abs(across - stripes.T)[2:-2, 2:-2].max() <= 1
 
 
 def test_only_the_chosen_numbers_and_clear_errors(src, tmp_path):
