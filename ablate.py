@@ -75,6 +75,8 @@ METHODS["torso_compose_paste_pairs"] = METHODS["torso_compose_paste"] + [
 # a reader that cannot see two digits at once: each column of the trunk's map sees a 22 px strip (one digit)
 # and the CTC column classifier reads each column alone, so '49' cannot be learnt as one pattern (report 6.13)
 METHODS["torso_narrow_ctc"] = METHODS["torso_ctc_nomix"] + ["--backbone=cnn_narrow", "--ctc_context=0"]
+# the default with blurred training frames (30% of frames, Gaussian or motion; dataset.random_blur)
+METHODS["torso_suppress_1_blur"] = METHODS["torso_suppress_1"] + ["--blur_aug=0.3"]
 # the narrow reader also reads each digit of a two-digit print with the other painted over: labelled with the
 # digit left, so a tens 4 is read as a 4 without its 9 (erase views without the digits heads' EMPTY conflict)
 METHODS["torso_narrow_ctc_erase"] = METHODS["torso_narrow_ctc"] + ["--erase_views=1"]

@@ -454,6 +454,37 @@ def augment(x: torch.Tensor, degrees=5.0, translate=0.05, scale=(0.95, 1.05), br
     return flat.view(B, T, C, H, W)
 
 
+def blur_kernels(n: int, size: int = 7, max_sigma: float = 1.5, max_length: float = 6.0, device=None):
+    """n random normalised blur kernels [n, size, size]: half Gaussian (sigma uniform in 0.3..max_sigma), half
+    motion (a soft line through the centre, length uniform in 2..max_length px, at any angle)."""
+    r = size // 2
+    ys, xs = torch.meshgrid(*(torch.arange(-r, r + 1, device=device, dtype=torch.float32),) * 2, indexing="ij")
+    sigma = torch.empty(n, 1, 1, device=device).uniform_(0.3, max_sigma)
+    gauss = (-(xs ** 2 + ys ** 2) / (2 * sigma ** 2)).exp()
+    theta = torch.empty(n, 1, 1, device=device).uniform_(0, torch.pi)
+    half = torch.empty(n, 1, 1, device=device).uniform_(1.0, max_length / 2)
+    along = (xs * theta.cos() + ys * theta.sin()).clamp(-half, half)  # nearest point of the segment
+    dist2 = (xs - along * theta.cos()) ** 2 + (ys - along * theta.sin()) ** 2
+    motion = (-dist2 / (2 * 0.5 ** 2)).exp()
+    k = torch.where(torch.rand(n, 1, 1, device=device) < 0.5, gauss, motion)
+    return k / k.sum((1, 2), keepdim=True)
+
+
+def random_blur(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Each frame of [B, T, C, H, W] blurred with probability p (config.blur_aug) by a blur_kernels kernel, edges
+    replicated: broadcast footage is blurred by focus and by motion, at rates no generator gets right."""
+    B, T, C, H, W = x.shape
+    hit = torch.nonzero(torch.rand(B * T, device=x.device) < p).flatten()
+    if len(hit) == 0:
+        return x
+    k = blur_kernels(len(hit), device=x.device).to(x.dtype)
+    frames = x.reshape(B * T, C, H, W)
+    sel = F.pad(frames[hit].reshape(1, len(hit) * C, H, W), (3, 3, 3, 3), mode="replicate")
+    out = frames.clone()
+    out[hit] = F.conv2d(sel, k.repeat_interleave(C, 0)[:, None], groups=len(hit) * C).view(len(hit), C, H, W)
+    return out.view(B, T, C, H, W)
+
+
 def class_weights(labels, num_classes: int, method: str = "effective_number", beta: float = 0.9999,
                   absent_weight: float = 0.001, empty_index: int | None = None, empty_suppression: float = 1.0,
                   sqrt: bool = True) -> torch.Tensor:

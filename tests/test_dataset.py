@@ -306,6 +306,40 @@ def test_shift_moves_each_tracklet_sideways_as_a_whole():
     assert (moved > 1).any() and (moved < -1).any()
 
 
+def test_blur_kernels_are_normalised_gaussians_and_lines():
+    torch.manual_seed(0)
+    k = dataset.blur_kernels(200)
+    assert k.shape == (200, 7, 7) and (k >= 0).all() and torch.allclose(k.sum((1, 2)), torch.ones(200))
+    assert torch.allclose(k, k.flip(1, 2), atol=1e-6)  # every kernel is symmetric about its centre: no shift
+    # a Gaussian is also symmetric about both axes; a line at a random angle mostly is not
+    axis_symmetric = torch.isclose(k, k.flip(1), atol=1e-6).all((1, 2)) & torch.isclose(k, k.flip(2), atol=1e-6).all((1, 2))
+    assert 60 < int(axis_symmetric.sum()) < 140
+
+
+def test_random_blur_blurs_the_chosen_share_of_frames_and_keeps_flat_areas():
+    torch.manual_seed(0)
+    x = torch.rand(32, 5, 3, 16, 16)
+    assert torch.equal(dataset.random_blur(x, 0.0), x)
+    y = dataset.random_blur(x, 0.3)
+    changed = ~(y == x).flatten(2).all(2)
+    assert 0.2 < changed.float().mean() < 0.4
+    assert (y[changed].std((1, 2, 3)) < x[changed].std((1, 2, 3))).all()  # blur takes out the noise
+    flat = torch.full((2, 3, 3, 16, 16), 0.4)
+    assert torch.allclose(dataset.random_blur(flat, 1.0), flat)  # edges replicated: no dark border
+    # train.prepare_batch blurs training batches only when asked: same seed, less pixel noise with it
+    batch = {"frames": torch.randint(0, 255, (8, 2, 16, 16, 3), dtype=torch.uint8),
+             "mask": torch.ones(8, 2, dtype=torch.bool), **{k: torch.full((8,), 4) for k in ("units", "number")},
+             "tens": torch.full((8,), EMPTY)}
+    noise = []
+    for p in (0.0, 1.0):
+        torch.manual_seed(0)
+        x = train.prepare_batch(batch, config.Config(blur_aug=p), torch.device("cpu"), train=True)[0]
+        noise.append(float((x[..., 1:] - x[..., :-1]).abs().mean()))
+    assert noise[1] < 0.7 * noise[0]
+    with pytest.raises(config.ConfigError, match="blur_aug must be in"):
+        config.load(["--blur_aug=1.5"])
+
+
 @pytest.mark.parametrize("use_anchor", [True, False])
 def test_keep_frames_decodes_only_what_is_read_and_reads_the_same_frames(tiny_root, use_anchor):
     samples, _ = dataset.crawl(str(tiny_root))
