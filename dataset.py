@@ -478,8 +478,9 @@ def random_blur(x: torch.Tensor, p: float) -> torch.Tensor:
     if len(hit) == 0:
         return x
     k = blur_kernels(len(hit), device=x.device).to(x.dtype)
+    r = k.shape[-1] // 2
     frames = x.reshape(B * T, C, H, W)
-    sel = F.pad(frames[hit].reshape(1, len(hit) * C, H, W), (3, 3, 3, 3), mode="replicate")
+    sel = F.pad(frames[hit].reshape(1, len(hit) * C, H, W), (r, r, r, r), mode="replicate")
     out = frames.clone()
     out[hit] = F.conv2d(sel, k.repeat_interleave(C, 0)[:, None], groups=len(hit) * C).view(len(hit), C, H, W)
     return out.view(B, T, C, H, W)
