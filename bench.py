@@ -139,13 +139,7 @@ def model_bound_infer(net, cfg, device, dtype, steps):
 def predict_mode(device) -> str:
     """The path predict.py takes by default (--quantize=auto) for a checkpoint train.py wrote, which stores
     activation ranges: the INT8 trunk on a CPU with a quantized engine, else the float model under autocast."""
-    if device.type != "cpu":
-        return "float"
-    try:
-        model_lib.quant_engine()
-        return "int8"
-    except RuntimeError:
-        return "float"
+    return "int8" if device.type == "cpu" and model_lib.available_quant_engine() else "float"
 
 
 def pipeline_blocks(cfg, samples, store, steps):

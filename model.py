@@ -357,8 +357,14 @@ def fused_for_inference(net: JerseyTemporalNet) -> JerseyTemporalNet:
     return net
 
 
+def available_quant_engine() -> str | None:
+    """The quantized CPU engine this PyTorch build offers (x86, fbgemm or qnnpack, in that order), or None."""
+    return next((e for e in ("x86", "fbgemm", "qnnpack") if e in torch.backends.quantized.supported_engines), None)
+
+
 def quant_engine() -> str:
-    engine = next((e for e in ("x86", "fbgemm", "qnnpack") if e in torch.backends.quantized.supported_engines), None)
+    """available_quant_engine, made torch's current one; RuntimeError where there is none."""
+    engine = available_quant_engine()
     if engine is None:
         raise RuntimeError("this PyTorch build has no quantized CPU engine (x86, fbgemm or qnnpack)")
     torch.backends.quantized.engine = engine

@@ -23,6 +23,7 @@ import argparse
 import os
 from collections import Counter
 
+import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from tqdm import tqdm
 
@@ -44,10 +45,9 @@ IMAGE_EXT = (".jpg", ".jpeg", ".png")
 
 def _edge_colour(im: Image.Image) -> tuple:
     """Mean colour of the image's border pixels, so a turned frame's empty corners look like background."""
-    w, h = im.size
-    px = [im.getpixel((x, y)) for x in range(w) for y in (0, h - 1)] + \
-         [im.getpixel((x, y)) for y in range(h) for x in (0, w - 1)]
-    return tuple(round(sum(c) / len(px)) for c in zip(*px))
+    a = np.asarray(im, dtype=np.float64)
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    return tuple(int(round(v)) for v in border.mean(0))
 
 
 def _occluded(im: Image.Image, box: tuple) -> Image.Image:

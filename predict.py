@@ -354,12 +354,7 @@ def wants_int8(choice: str, ckpt: dict, device: torch.device) -> bool:
     if choice != "auto":
         return choice == "true"
     ranges = ckpt.get("int8_ranges")
-    if device.type != "cpu" or not ranges:
-        return False
-    try:
-        return ranges.get("engine") == model_lib.quant_engine()
-    except RuntimeError:  # this PyTorch build has no quantized CPU engine
-        return False
+    return device.type == "cpu" and bool(ranges) and ranges.get("engine") == model_lib.available_quant_engine()
 
 
 # ---- main -----------------------------------------------------------------------------------------------
