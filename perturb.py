@@ -1,5 +1,5 @@
 """Perturbed copies of a tracklet dataset, for robustness checks (light, contrast, blur, resolution, colours,
-angle, occlusion, motion).
+angle, occlusion, motion, an off-centre box).
 
     python perturb.py --src data/synthetic/scale1_seed0 --out data/perturbed --numbers=4,8,49,48,64,88
     python predict.py --checkpoint checkpoints/best_model.pth data/perturbed/blur --quantize   # INT8 vs float
@@ -16,6 +16,8 @@ each is a dataset root the other scripts read. The ops are fixed, not random, so
   occlude   a grey block over the right 30% of the box from 20% to 70% of its height (a passing player's arm
             or body): often over the units digit
   motion    horizontal motion blur, 5 px (a player running across the image)
+  offcentre the picture moved right by 15% of the box width, the strip it leaves filled with the edge colour (a
+            tracker box that lags its player): tests crops that assume a centred player
 Copies are saved in their own format (JPEG at quality 90, which adds its own small loss). Unreadable images are
 skipped and counted.
 """
@@ -39,6 +41,7 @@ OPS = {
     "rotate": lambda im: im.rotate(12, resample=Image.BILINEAR, fillcolor=_edge_colour(im)),
     "occlude": lambda im: _occluded(im, (0.7, 0.2, 1.0, 0.7)),
     "motion": lambda im: im.filter(ImageFilter.Kernel((5, 5), [0] * 10 + [1] * 5 + [0] * 10, scale=5)),
+    "offcentre": lambda im: _shifted(im, 0.15),
 }
 IMAGE_EXT = (".jpg", ".jpeg", ".png")
 
@@ -54,6 +57,13 @@ def _occluded(im: Image.Image, box: tuple) -> Image.Image:
     """A copy with a flat mid-grey block over `box` (left, top, right, bottom as fractions of the size)."""
     out, (w, h) = im.copy(), im.size
     out.paste((128, 128, 128), (round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h)))
+    return out
+
+
+def _shifted(im: Image.Image, fraction: float) -> Image.Image:
+    """The picture moved right by `fraction` of its width; the strip it uncovers takes the border's mean colour."""
+    out = Image.new("RGB", im.size, _edge_colour(im))
+    out.paste(im, (round(fraction * im.width), 0))
     return out
 
 

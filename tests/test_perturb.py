@@ -45,6 +45,9 @@ def test_every_op_keeps_the_layout_and_changes_the_pixels(src, tmp_path):
     assert np.abs(grey["rotate"] - orig).mean() > 10 and abs(grey["rotate"].mean() - orig.mean()) < 5
     # motion blur is horizontal: it smears these vertical stripes, not the same stripes turned on their side
     assert grey["motion"][2:-2, 2:-2].std() < 0.5 * orig.std()
+    # off-centre: the picture moved right by 15% of the width (5 of 32 columns), the left strip one flat colour
+    k = round(0.15 * w)
+    assert np.array_equal(grey["offcentre"][:, k:], orig[:, :w - k]) and np.ptp(grey["offcentre"][:, :k]) == 0
     Image.fromarray(stripes.T.copy()).convert("RGB").save(src / rel)
     perturb.main(["--src", str(src), "--out", str(out), "--ops", "motion"])
     across = np.asarray(Image.open(out / "motion" / rel).convert("L"), dtype=float)
