@@ -25,8 +25,11 @@ def test_grid_writes_every_run_and_a_table_and_resumes(tmp_path):
     assert [(r["method"], r["seed"]) for r in rows] == [("original", 1), ("compose_paste", 1), ("torso_crop", 1)]
     for r in rows:
         assert 0 <= r["val"]["argmax"] <= 100 and "heldout" in r and "extra_unseen" in r
-    # every method runs on the SPEC's whole frame, whatever train.py's default, except the torso crop
-    assert [r["crop"] for r in rows] == [[0.0, 0.0, 1.0, 1.0]] * 2 + [config.TORSO_CROP]
+    # every method runs on the SPEC's whole frame, whatever train.py's default, except the torso band, pinned
+    assert [r["crop"] for r in rows] == [[0.0, 0.0, 1.0, 1.0]] * 2 + [[0.0, 0.05, 1.0, 0.65]]
+    # the box_* methods run on the default crop, the band's with its width narrowed (report 6.22)
+    box = config.load(["--method=original"] + ablate.METHODS["box_suppress_1"])[0]
+    assert box.crop == config.TORSO_CROP and box.crop[0] > 0 and box.empty_suppression == 1
     table = (tmp_path / "ablation.md").read_text()
     assert "| original |" in table and "| compose_paste |" in table
     assert "seen two-digit" in table and "held-out anti_empty" in table
