@@ -3,6 +3,7 @@
     python evaluate.py --checkpoint checkpoints/best_model.pth
     python evaluate.py --checkpoint checkpoints/best_model.pth --test_classes=44,46,68 --stability
     python evaluate.py --checkpoint ... --split=val          # the seen-number validation split instead
+    python evaluate.py --checkpoint ... --split=train        # its training side, read as validation is (fit vs. gap)
     python evaluate.py --checkpoint ... --tune_tau           # tau and the split threshold re-tuned on seen validation
     python evaluate.py --checkpoint ... --quantize           # the trunk in INT8 on the CPU (predict.py --quantize)
 
@@ -322,9 +323,10 @@ def load_for_eval(argv, extras):
 
 
 def eval_samples(cfg, split):
-    if split == "val":  # the same split train.py made (same numbers, fraction, seed)
+    if split in ("train", "val"):  # the same split train.py made (same numbers, fraction, seed)
         samples, store, skipped = utils.load_samples(cfg, cfg.train_classes)
-        return dataset.split(samples, cfg.val_split, cfg.seed, cfg.split_by)[1], store, skipped, cfg.use_anchor
+        train_side, val_side = dataset.split(samples, cfg.val_split, cfg.seed, cfg.split_by)
+        return (val_side if split == "val" else train_side), store, skipped, cfg.use_anchor
     samples, store, skipped = utils.load_samples(cfg, cfg.test_classes)
     return samples, store, skipped, cfg.eval_anchor
 
@@ -356,8 +358,8 @@ def main(argv=None):
     cfg, extra, ckpt, model = load_for_eval(argv, {"out": "", "stability": False, "split": "test", "tune_tau": False,
                                                    "uncertain_below": -1.0, "quantize": False})
     utils.setup_logging()
-    if extra["split"] not in ("test", "val"):
-        raise config.ConfigError("--split must be test or val")
+    if extra["split"] not in ("test", "val", "train"):
+        raise config.ConfigError("--split must be test, val or train")
     device = torch.device("cpu") if extra["quantize"] else utils.device_of(cfg)  # quantized kernels are CPU ones
     dtype = utils.amp_dtype(device, cfg.amp)
     model.to(device).eval()
@@ -400,8 +402,8 @@ def main(argv=None):
         results["not_visible"] = not_visible
     if extra["stability"]:
         results["stability"] = stability(model, samples, store, cfg, device, dtype, train_counts)
-    out = extra["out"] or os.path.join(cfg.results_dir, "evaluation_results.json" if extra["split"] == "test"
-                                       else "validation_results.json")
+    out = extra["out"] or os.path.join(cfg.results_dir, {"test": "evaluation_results.json", "val": "validation_results.json",
+                                                         "train": "training_split_results.json"}[extra["split"]])
     utils.atomic_save(results, out)
     plots.plot_confusion(res, decoded[cfg.rule], os.path.join(cfg.results_dir, "confusion_matrices", "confusion_matrices.png"))
     plots.plot_per_number(results["per_number"], os.path.join(cfg.results_dir, "per_class_accuracy.png"),

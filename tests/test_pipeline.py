@@ -64,6 +64,11 @@ def test_evaluate_validation_split(run):
     assert q["int8_ranges_from"] == "checkpoint"  # train.py stored them: no calibration pass over the split
     agree = sum(a["pred"] == b["pred"] for a, b in zip(res["predictions"], q["predictions"]))
     assert agree >= 0.8 * len(res["predictions"])  # the same tracklets, nearly the same answers
+    tr = evaluate.main([f"--checkpoint={out['checkpoints']}/best_model.pth", "--split=train",
+                        f"--results_dir={out['results']}", f"--cache_dir={out['cache']}"])
+    assert os.path.isfile(os.path.join(out["results"], "training_split_results.json"))
+    train_paths, val_paths = {p["path"] for p in tr["predictions"]}, {p["path"] for p in res["predictions"]}
+    assert not train_paths & val_paths and len(train_paths | val_paths) == 18  # the 6 + 6 + 6 of numbers 4, 6, 49
 
 
 def test_analyze_weights(run):
