@@ -27,6 +27,7 @@ from dataset import EMPTY
 
 log = utils.log
 RULES = ("argmax", "anti_empty", "confidence", "same_digit", "vote", "logit_adjusted")
+SPLIT_FILES = {"test": "evaluation_results.json", "val": "validation_results.json", "train": "training_split_results.json"}
 
 
 # ---- decoding rules: (p_tens [N, 11], p_units [N, 10]) -> (tens [N], units [N]) -------------------------
@@ -358,8 +359,8 @@ def main(argv=None):
     cfg, extra, ckpt, model = load_for_eval(argv, {"out": "", "stability": False, "split": "test", "tune_tau": False,
                                                    "uncertain_below": -1.0, "quantize": False})
     utils.setup_logging()
-    if extra["split"] not in ("test", "val", "train"):
-        raise config.ConfigError("--split must be test, val or train")
+    if extra["split"] not in SPLIT_FILES:
+        raise config.ConfigError(f"--split must be one of {', '.join(SPLIT_FILES)}")
     device = torch.device("cpu") if extra["quantize"] else utils.device_of(cfg)  # quantized kernels are CPU ones
     dtype = utils.amp_dtype(device, cfg.amp)
     model.to(device).eval()
@@ -402,8 +403,7 @@ def main(argv=None):
         results["not_visible"] = not_visible
     if extra["stability"]:
         results["stability"] = stability(model, samples, store, cfg, device, dtype, train_counts)
-    out = extra["out"] or os.path.join(cfg.results_dir, {"test": "evaluation_results.json", "val": "validation_results.json",
-                                                         "train": "training_split_results.json"}[extra["split"]])
+    out = extra["out"] or os.path.join(cfg.results_dir, SPLIT_FILES[extra["split"]])
     utils.atomic_save(results, out)
     plots.plot_confusion(res, decoded[cfg.rule], os.path.join(cfg.results_dir, "confusion_matrices", "confusion_matrices.png"))
     plots.plot_per_number(results["per_number"], os.path.join(cfg.results_dir, "per_class_accuracy.png"),

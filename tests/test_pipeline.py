@@ -69,6 +69,8 @@ def test_evaluate_validation_split(run):
     assert os.path.isfile(os.path.join(out["results"], "training_split_results.json"))
     train_paths, val_paths = {p["path"] for p in tr["predictions"]}, {p["path"] for p in res["predictions"]}
     assert not train_paths & val_paths and len(train_paths | val_paths) == 18  # the 6 + 6 + 6 of numbers 4, 6, 49
+    with pytest.raises(evaluate.config.ConfigError, match="--split must be one of test, val, train"):
+        evaluate.main([f"--checkpoint={out['checkpoints']}/best_model.pth", "--split=tran"])
 
 
 def test_analyze_weights(run):
