@@ -324,7 +324,7 @@ def load_for_eval(argv, extras):
 
 
 def eval_samples(cfg, split):
-    if split in ("train", "val"):  # the same split train.py made (same numbers, fraction, seed)
+    if split != "test":  # a side of the split train.py made (same numbers, fraction, seed)
         samples, store, skipped = utils.load_samples(cfg, cfg.train_classes)
         train_side, val_side = dataset.split(samples, cfg.val_split, cfg.seed, cfg.split_by)
         return (val_side if split == "val" else train_side), store, skipped, cfg.use_anchor
