@@ -92,6 +92,9 @@ class Config:
     shift: float = 0.0                   # training: each tracklet also moved sideways by up to this fraction of the
                                          # width (one draw for all its frames, on top of the SPEC's +-5% per frame),
                                          # so digits are seen off-centre, where a two-digit print puts them
+    zoom: float = 0.0                    # training: each tracklet also shrunk by a factor in [1 - zoom, 1] (one draw
+                                         # for all its frames; edges padded by their border pixels), so a single
+                                         # digit is seen at the size of one digit of a wide two-digit print
     blur_aug: float = 0.0                # training: each frame blurred with this probability (Gaussian or motion at
                                          # any angle, dataset.random_blur); not part of the SPEC's recipe
     compose_prob: float = 0.0            # fraction of each batch replaced by two-digit composites of single digits
@@ -168,6 +171,7 @@ class Config:
             (0 <= self.mixup_prob <= 1, "mixup_prob must be in [0, 1]"),
             (0 <= self.compose_prob <= 1, "compose_prob must be in [0, 1]"),
             (0 <= self.shift <= 0.5, "shift must be in [0, 0.5]"),
+            (0 <= self.zoom <= 0.5, "zoom must be in [0, 0.5]"),
             (0 <= self.blur_aug <= 1, "blur_aug must be in [0, 1]"),
             (0 <= self.glyph_mix < 1 and self.glyph_images >= 10, "glyph_mix must be in [0, 1), glyph_images >= 10"),
             (0 < self.beta < 1, "beta must be in (0, 1)"),

@@ -426,9 +426,10 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def augment(x: torch.Tensor, degrees=5.0, translate=0.05, scale=(0.95, 1.05), brightness=0.2, contrast=0.2,
-            shift=0.0):
+            shift=0.0, zoom=0.0):
     """The SPEC's per-frame random affine and colour jitter, on a whole batch [B, T, 3, H, W] at once; `shift`
-    adds one horizontal move per tracklet, uniform in +-shift of the width (config.shift).
+    adds one horizontal move per tracklet, uniform in +-shift of the width (config.shift), `zoom` one shrink per
+    tracklet by a factor uniform in [1 - zoom, 1] (config.zoom).
     The sampling grid is F.affine_grid's written out, and the jitter runs in place: on a 2-core CPU the
     generic affine_grid (a batched matmul with K = 3) and out-of-place passes cost 3x the time (same values)."""
     B, T, C, H, W = x.shape
@@ -439,12 +440,16 @@ def augment(x: torch.Tensor, degrees=5.0, translate=0.05, scale=(0.95, 1.05), br
     tx, ty = (torch.empty(n, device=dev).uniform_(-translate, translate).mul_(2).view(n, 1, 1) for _ in range(2))
     if shift > 0:
         tx = tx + torch.empty(B, 1, device=dev).uniform_(-shift, shift).mul_(2).expand(B, T).reshape(n, 1, 1)
+    if zoom > 0:
+        s = s * torch.empty(B, 1, device=dev).uniform_(1 - zoom, 1).expand(B, T).reshape(n)
     cos, sin = (torch.cos(ang) / s).view(n, 1, 1), (torch.sin(ang) / s).view(n, 1, 1)
     # pixel centres in [-1, 1], as affine_grid(align_corners=False) has them
     xs = ((torch.arange(W, device=dev, dtype=x.dtype) * 2 + 1) / W - 1).view(1, 1, W)
     ys = ((torch.arange(H, device=dev, dtype=x.dtype) * 2 + 1) / H - 1).view(1, H, 1)
     grid = torch.stack([cos * xs - sin * ys + tx, sin * xs + cos * ys + ty], -1)
-    flat = F.grid_sample(x.reshape(n, C, H, W), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # a shrunk frame would get a black frame around it, which no test frame has
+    pad = "border" if zoom > 0 else "zeros"
+    flat = F.grid_sample(x.reshape(n, C, H, W), grid, mode="bilinear", padding_mode=pad, align_corners=False)
     b = torch.empty(n, 1, 1, 1, device=dev).uniform_(1 - brightness, 1 + brightness)
     c = torch.empty(n, 1, 1, 1, device=dev).uniform_(1 - contrast, 1 + contrast)
     flat.mul_(b).clamp_(0, 1)

@@ -171,7 +171,7 @@ def prepare_batch(batch, cfg, device, train: bool, glyphs=None):
                                                            **COMPOSE_MODES[cfg.compose_mode])
         if glyphs is not None:
             x, mask, tens, units, number = dataset.mix_renders(x, mask, number, *glyphs, cfg.glyph_mix)
-        x = dataset.augment(x, shift=cfg.shift)
+        x = dataset.augment(x, shift=cfg.shift, zoom=cfg.zoom)
         if cfg.blur_aug > 0:
             x = dataset.random_blur(x, cfg.blur_aug)
     return dataset.normalize(x), mask, tens, units, number

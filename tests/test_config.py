@@ -45,6 +45,8 @@ def test_unknown_and_bad_values_are_clear():
         config.load(["--backbone=vgg"], env_file="/nonexistent")
     with pytest.raises(SystemExit, match="shift must be in"):
         config.load(["--shift=0.6"], env_file="/nonexistent")
+    with pytest.raises(SystemExit, match="zoom must be in"):
+        config.load(["--zoom=-0.1"], env_file="/nonexistent")
 
 
 def test_cuda_fallback_warning():

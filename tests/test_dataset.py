@@ -306,6 +306,22 @@ def test_shift_moves_each_tracklet_sideways_as_a_whole():
     assert (moved > 1).any() and (moved < -1).any()
 
 
+def test_zoom_shrinks_each_tracklet_as_a_whole_without_a_black_frame():
+    """--zoom: one shrink per tracklet, by a factor in [1 - zoom, 1]; the edges are padded by their own pixels."""
+    B, T, H, W = 64, 3, 32, 32
+    x = torch.full((B, T, 3, H, W), 0.5)
+    x[..., 8:24, 8:24] = 1.0  # a 16 px bright square in the middle, on grey
+    torch.manual_seed(0)
+    y = dataset.augment(x, degrees=0, translate=0, scale=(1, 1), brightness=0, contrast=0, zoom=0.4)
+    side = ((y[:, :, 0, H // 2] - 0.5).clamp_min(0) * 2).sum(-1)  # [B, T] square width along the middle row
+    assert torch.allclose(side, side[:, :1].expand(B, T), atol=1e-4)  # frames of a tracklet shrink together
+    factor = side[:, 0] / 16
+    assert factor.max() <= 1 + 1e-4 and factor.min() >= 0.6 - 1e-4 and factor.min() < 0.7  # the range, no more
+    assert (y >= 0.5 - 1e-4).all()  # no black border where a shrunk frame leaves its edges
+    still = dataset.augment(x, degrees=0, translate=0, scale=(1, 1), brightness=0, contrast=0, zoom=0)
+    assert torch.allclose(still, x, atol=1e-6)
+
+
 def test_blur_kernels_are_normalised_gaussians_and_lines():
     torch.manual_seed(0)
     k = dataset.blur_kernels(200)
