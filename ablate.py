@@ -99,9 +99,10 @@ METHODS["torso_narrow_positional"] = METHODS["torso_suppress_1"] + ["--backbone=
 METHODS |= {f"box_{m}": METHODS[f"torso_{m}"] + ["--crop=0.15,0.05,0.85,0.65"] for m in ("suppress_1", "narrow_ctc")}
 # every tracklet shrunk by up to 30% (one draw for its frames): a print too wide for the back is printed smaller
 # (synth.py's two-digit glyphs: 0.83x the height of the same kit's single digit, median; report 6.25), so a
-# single 8 is also seen at the size of the 8 of a 48
+# single 8 is also seen at the size of the 8 of a 48 (negative at the default budget)
 METHODS |= {f"box_{m}_zoom": METHODS[f"box_{m}"] + ["--zoom=0.3"] for m in ("suppress_1", "narrow_ctc")}
 # the narrow reader co-trained on rendered numbers (6.8's --glyph_mix): many pairs, each digit with many partners
+# (6.25: negative at the half budget)
 METHODS["box_narrow_ctc_glyph"] = METHODS["box_narrow_ctc"] + ["--glyph_mix=0.25"]
 HARD_TRAIN, HARD_TEST = synth.HARD_TRAIN, synth.HARD_TEST  # the harder split, defined in synth.py
 

@@ -95,6 +95,7 @@ class Config:
     zoom: float = 0.0                    # training: each tracklet also shrunk by a factor in [1 - zoom, 1] (one draw
                                          # for all its frames; edges padded by their border pixels), so a single
                                          # digit is seen at the size of one digit of a wide two-digit print
+                                         # (report 6.25: no gain at the default budget)
     blur_aug: float = 0.0                # training: each frame blurred with this probability (Gaussian or motion at
                                          # any angle, dataset.random_blur); not part of the SPEC's recipe
     compose_prob: float = 0.0            # fraction of each batch replaced by two-digit composites of single digits
