@@ -438,10 +438,14 @@ def augment(x: torch.Tensor, degrees=5.0, translate=0.05, scale=(0.95, 1.05), br
     ang = torch.empty(n, device=dev).uniform_(-degrees, degrees).deg2rad_()
     s = torch.empty(n, device=dev).uniform_(*scale)
     tx, ty = (torch.empty(n, device=dev).uniform_(-translate, translate).mul_(2).view(n, 1, 1) for _ in range(2))
-    if shift > 0:
-        tx = tx + torch.empty(B, 1, device=dev).uniform_(-shift, shift).mul_(2).expand(B, T).reshape(n, 1, 1)
+
+    def per_tracklet(lo, hi):  # one draw per tracklet, shared by its T frames: [n]
+        return torch.empty(B, 1, device=dev).uniform_(lo, hi).expand(B, T).reshape(n)
+
+    if shift > 0:  # grid units: the width spans [-1, 1]
+        tx = tx + per_tracklet(-2 * shift, 2 * shift).view(n, 1, 1)
     if zoom > 0:
-        s = s * torch.empty(B, 1, device=dev).uniform_(1 - zoom, 1).expand(B, T).reshape(n)
+        s = s * per_tracklet(1 - zoom, 1)
     cos, sin = (torch.cos(ang) / s).view(n, 1, 1), (torch.sin(ang) / s).view(n, 1, 1)
     # pixel centres in [-1, 1], as affine_grid(align_corners=False) has them
     xs = ((torch.arange(W, device=dev, dtype=x.dtype) * 2 + 1) / W - 1).view(1, 1, W)
