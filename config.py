@@ -70,6 +70,8 @@ class Config:
                                          # | ctc (one digit classifier along the width, CTC-scored numbers)
     ctc_columns: int = 8                 # ctc head: feature maps narrower than this are stretched to this many columns
     ctc_context: int = 1                 # ctc head: neighbour columns on each side its column classifier sees
+    blank_penalty: float = 0.0           # ctc head, decoding only: taken off the blank's log-prob in every column,
+                                         # so >0 favours two-digit reads (evaluate.py --tune_blank picks it on seen val)
     # training
     method: str = "torso"                # preset, see METHODS / apply_method; original = the SPEC recipe
     batch_size: int = 16
@@ -185,6 +187,7 @@ class Config:
             (self.lstm_layers >= 1 and self.lstm_hidden >= 1, "lstm_layers and lstm_hidden must be >= 1"),
             (self.ctc_columns >= 3, "ctc_columns must be >= 3 (88 is read as 8, blank, 8)"),
             (self.ctc_context >= 0, "ctc_context must be >= 0"),
+            (self.blank_penalty >= 0, "blank_penalty must be >= 0"),
             (self.split_views >= 0 and 0 <= self.split_threshold <= 1, "split_views >= 0, split_threshold in [0, 1]"),
             (self.erase_views >= 0, "erase_views must be >= 0"),
             (self.erase_views == 0 or self.head in ("digits", "ctc"), "erase_views needs --head=digits or ctc"),

@@ -5,6 +5,7 @@
     python evaluate.py --checkpoint ... --split=val          # the seen-number validation split instead
     python evaluate.py --checkpoint ... --split=train        # its training side, read as validation is (fit vs. gap)
     python evaluate.py --checkpoint ... --tune_tau           # tau and the split threshold re-tuned on seen validation
+    python evaluate.py --checkpoint ... --tune_blank         # ctc head: the blank penalty chosen on seen validation
     python evaluate.py --checkpoint ... --quantize           # the trunk in INT8 on the CPU (predict.py --quantize)
 
 The model and data settings come from the checkpoint; any --field=value overrides them.
@@ -177,6 +178,24 @@ def tune_split_threshold(res, grid=tuple(np.round(np.arange(1.0, -0.01, -0.1), 1
     return tune(res, lambda th: rule_split(res["p_tens"], res["p_units"], *halves_of(res), th), grid)
 
 
+BLANK_PENALTIES = tuple(np.round(np.arange(0, 3.01, 0.5), 1))
+
+
+def with_blank_penalty(res, penalty: float) -> dict:
+    """Predictions of a ctc checkpoint decoded again from their kept column log-probs with another blank penalty
+    (model.ctc_mixture); the columns themselves never carry one."""
+    number = model_lib.ctc_mixture(res["columns"], res["attention"], penalty)
+    p_num, p_tens, p_units = model_lib.probabilities({"number": number})
+    return {**res, "p_num": p_num, "p_tens": p_tens, "p_units": p_units, "logits": number}
+
+
+def tune_blank(res, grid=BLANK_PENALTIES) -> float:
+    def decode(penalty):
+        r = with_blank_penalty(res, penalty)
+        return rule_argmax(r["p_tens"], r["p_units"])
+    return tune(res, decode, grid)
+
+
 def tens_log_prior(train_counts: dict) -> torch.Tensor:
     """log prior of the tens classes (index 10 = empty) from the training counts stored in the checkpoint."""
     labels = [dataset.decompose(int(n))[0] for n, c in train_counts.items() for _ in range(int(c))]
@@ -317,6 +336,7 @@ def load_for_eval(argv, extras):
         setattr(cfg, k, getattr(cli, k))
     if "max_steps" not in cli._explicit:
         cfg.max_steps = 0  # a smoke-test checkpoint's step limit must not cut evaluation short
+    net.blank_penalty = cfg.blank_penalty  # a decoding setting, so --blank_penalty may override the checkpoint's
     errors = cfg.validate()
     if errors:
         raise config.ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
@@ -341,6 +361,23 @@ def run_split(model, cfg, split, device, dtype, data=None):
         samples, store, skipped, anchor
 
 
+def tune_decoding(model, cfg, extra, res, train_counts, device, dtype) -> dict:
+    """Set the decoding knobs asked for (blank penalty first, then tau and the split threshold, on the penalised
+    reading) on seen-number validation only, never on the numbers being tested; `res` decoded with them."""
+    val = res if extra["split"] == "val" else run_split(model, cfg, "val", device, dtype)[0]
+    if extra["tune_blank"]:
+        cfg.blank_penalty = model.blank_penalty = tune_blank(val)
+        val, res = with_blank_penalty(val, cfg.blank_penalty), with_blank_penalty(res, cfg.blank_penalty)
+        log.info("blank penalty %.1f (tuned on seen-number validation)", cfg.blank_penalty)
+    if extra["tune_tau"]:
+        cfg.logit_tau = tune_tau(val, train_counts)
+        log.info("logit adjustment tau %.2f (tuned on seen-number validation)", cfg.logit_tau)
+        if halves_of(val) is not None:
+            cfg.split_threshold = tune_split_threshold(val)
+            log.info("split threshold %.1f (tuned on seen-number validation)", cfg.split_threshold)
+    return res
+
+
 def quantized(net, samples, store, picks=None, ranges=None):
     """The model with its trunk in INT8 (model.int8_trunk), with the activation ranges a checkpoint stores
     (`ranges`, observed on training frames), else calibrated on frames of the tracklets to be read."""
@@ -357,10 +394,12 @@ def quantized(net, samples, store, picks=None, ranges=None):
 
 def main(argv=None):
     cfg, extra, ckpt, model = load_for_eval(argv, {"out": "", "stability": False, "split": "test", "tune_tau": False,
-                                                   "uncertain_below": -1.0, "quantize": False})
+                                                   "tune_blank": False, "uncertain_below": -1.0, "quantize": False})
     utils.setup_logging()
     if extra["split"] not in SPLIT_FILES:
         raise config.ConfigError(f"--split must be one of {', '.join(SPLIT_FILES)}")
+    if extra["tune_blank"] and cfg.head != "ctc":
+        raise config.ConfigError(f"--tune_blank needs a checkpoint with the ctc head; this one has head={cfg.head}")
     device = torch.device("cpu") if extra["quantize"] else utils.device_of(cfg)  # quantized kernels are CPU ones
     dtype = utils.amp_dtype(device, cfg.amp)
     model.to(device).eval()
@@ -370,13 +409,8 @@ def main(argv=None):
         model, calibration = quantized(model, *data[:2], ranges=ckpt.get("int8_ranges"))
     train_counts = ckpt.get("train_counts", {})
     res, samples, store, skipped, anchor = run_split(model, cfg, extra["split"], device, dtype, data)
-    if extra["tune_tau"]:  # chosen on seen-number validation only, never on the numbers being tested
-        val = res if extra["split"] == "val" else run_split(model, cfg, "val", device, dtype)[0]
-        cfg.logit_tau = tune_tau(val, train_counts)
-        log.info("logit adjustment tau %.2f (tuned on seen-number validation)", cfg.logit_tau)
-        if halves_of(val) is not None:
-            cfg.split_threshold = tune_split_threshold(val)
-            log.info("split threshold %.1f (tuned on seen-number validation)", cfg.split_threshold)
+    if extra["tune_tau"] or extra["tune_blank"]:
+        res = tune_decoding(model, cfg, extra, res, train_counts, device, dtype)
     rules, decoded = score(res, cfg, train_counts)
     t, u, num, conf = decoded[cfg.rule]
     results = {

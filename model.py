@@ -173,6 +173,18 @@ def ctc_number_logprob(logp):
     return torch.logsumexp(alpha.gather(2, ends.expand(N, 100, 2)), 2)
 
 
+def ctc_mixture(cols, attn, blank_penalty: float = 0.0):
+    """Per-frame column log-probs [B, T, W, 11] and attention [B, T] -> log P(number) [B, 100]: a mixture over
+    frames, so the number need only be readable in the frames attention trusts. `blank_penalty` (decoding only)
+    is taken off the blank's log-prob in every column: the insertion bonus of speech decoders, which makes
+    reading one more digit cheaper."""
+    if blank_penalty:
+        cols = cols - blank_penalty * F.one_hot(torch.tensor(BLANK, device=cols.device), 11).to(cols.dtype)
+    B, T = cols.shape[:2]
+    per_frame = ctc_number_logprob(cols.flatten(0, 1)).view(B, T, 100)
+    return torch.logsumexp(per_frame + attn.clamp_min(1e-30).log().unsqueeze(-1), 1)
+
+
 class DigitHead(nn.Module):
     """Linear-BN-ReLU-dropout-Linear-BN plus a linear shortcut, ReLU, dropout, Linear -> classes."""
 
@@ -190,8 +202,10 @@ class DigitHead(nn.Module):
 class JerseyTemporalNet(nn.Module):
     def __init__(self, backbone="resnet18", pretrained=True, freeze_fraction=0.6, spatial_attention=True,
                  temporal_attention=True, lstm_hidden=256, lstm_layers=2, dropout=0.3, head_hidden=256,
-                 head="digits", channels_last=False, reader="pooled", init_path="", ctc_columns=8, ctc_context=1):
+                 head="digits", channels_last=False, reader="pooled", init_path="", ctc_columns=8, ctc_context=1,
+                 blank_penalty=0.0):
         super().__init__()
+        self.blank_penalty = blank_penalty  # ctc head, eval mode only (ctc_mixture)
         self.backbone, self.pretrained_loaded = trunk(backbone, pretrained)
         if init_path and not self.pretrained_loaded:
             load_trunk(self.backbone, init_path)
@@ -277,12 +291,9 @@ class JerseyTemporalNet(nn.Module):
 
     def forward(self, x, mask=None):
         z, attn, cols = self.encode(x, mask)
-        if self.head_type == "ctc":
-            B, T = cols.shape[:2]
-            per_frame = ctc_number_logprob(cols.flatten(0, 1)).view(B, T, 100)
-            # a mixture over frames: the number need only be readable in the frames attention trusts
-            return {"number": torch.logsumexp(per_frame + attn.clamp_min(1e-30).log().unsqueeze(-1), 1),
-                    "attention": attn}
+        if self.head_type == "ctc":  # the columns too, so evaluate.py can decode again with another blank penalty
+            penalty = 0.0 if self.training else self.blank_penalty
+            return {"number": ctc_mixture(cols, attn, penalty), "attention": attn, "columns": cols}
         if self.head_type == "digits":
             return {"tens": self.tens(z), "units": self.units(z), "attention": attn}
         return {"number": compose_scores(self.tens(z), self.units(z), self.single(z)), "attention": attn}
@@ -345,7 +356,7 @@ def build(cfg, pretrained: bool | None = None, init_path: str = "") -> JerseyTem
                              lstm_layers=cfg.lstm_layers, dropout=cfg.dropout, head_hidden=cfg.head_hidden,
                              head=cfg.head, channels_last=cfg.channels_last, reader=cfg.reader,
                              init_path=init_path, ctc_columns=cfg.ctc_columns,
-                             ctc_context=cfg.ctc_context)
+                             ctc_context=cfg.ctc_context, blank_penalty=cfg.blank_penalty)
 
 
 def fused_for_inference(net: JerseyTemporalNet) -> JerseyTemporalNet:

@@ -276,7 +276,8 @@ def predict_loader(model, loader, device, dtype, cfg, criterion=None, desc="eval
     """Run the model over a loader; returns probabilities, labels, attention and (optionally) the mean loss."""
     model.eval()
     keep = {k: [] for k in ("p_num", "p_tens", "p_units", "tens", "units", "number", "index", "attention", "logits",
-                            *(("p_left", "p_right") if cfg.reads_halves() else ()))}
+                            *(("p_left", "p_right") if cfg.reads_halves() else ()),
+                            *(("columns",) if cfg.head == "ctc" else ()))}
     loss_sum, n = 0.0, 0
     for step, batch in enumerate(tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)):
         if cfg.max_steps and step >= cfg.max_steps:
@@ -291,7 +292,7 @@ def predict_loader(model, loader, device, dtype, cfg, criterion=None, desc="eval
         p_num, p_tens, p_units = model_lib.probabilities(out)
         logits = out["tens"].float() if "tens" in out else out["number"].float()
         for k, v in zip(keep, (p_num, p_tens, p_units, tens, units, number, batch["index"], out["attention"], logits,
-                               *halves)):
+                               *halves, *((out["columns"],) if "columns" in out else ()))):
             keep[k].append(v.float().cpu() if v.is_floating_point() else v.cpu())
     res = {k: torch.cat(v) if v else torch.empty(0) for k, v in keep.items()}
     res["loss"], res["n"] = loss_sum / max(n, 1), n

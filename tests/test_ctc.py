@@ -45,6 +45,39 @@ def test_ctc_reads_a_crafted_alignment():
     assert model_lib.ctc_number_logprob(torch.randn(3, 8, 11).log_softmax(-1)).exp().sum(1).le(1 + 1e-5).all()
 
 
+def test_blank_penalty_turns_a_faint_tens_digit_into_a_two_digit_read():
+    """One frame whose first column leans blank (0.6) over 4 (0.4), then a clear 8: read 8 without a penalty and
+    48 once blank costs a little more; penalty 0 is the plain mixture of the per-frame CTC scores."""
+    b = model_lib.BLANK
+    p = torch.full((1, 1, 6, 11), 1e-4)
+    p[0, 0, 0, [b, 4]] = torch.tensor([0.6, 0.4])
+    p[0, 0, 1, 8] = p[0, 0, 2:, b] = 1.0
+    cols, attn = (p / p.sum(-1, keepdim=True)).log(), torch.ones(1, 1)
+    assert torch.allclose(model_lib.ctc_mixture(cols, attn), model_lib.ctc_number_logprob(cols[:, 0]))
+    assert model_lib.ctc_mixture(cols, attn).argmax() == 8
+    assert model_lib.ctc_mixture(cols, attn, blank_penalty=1.0).argmax() == 48
+
+
+def test_blank_penalty_applies_when_decoding_only():
+    torch.manual_seed(0)
+    net = JerseyTemporalNet(backbone="cnn", pretrained=False, lstm_hidden=16, head_hidden=16, head="ctc")
+    x = torch.randn(2, 3, 3, 64, 64)
+    net.eval()
+    plain = net(x)
+    net.blank_penalty = 2.0
+    pen = net(x)
+    assert torch.equal(plain["columns"], pen["columns"]) and not torch.allclose(plain["number"], pen["number"])
+    assert torch.allclose(pen["number"], model_lib.ctc_mixture(plain["columns"], plain["attention"], 2.0))
+    res = {"columns": plain["columns"], "attention": plain["attention"]}
+    assert torch.allclose(evaluate.with_blank_penalty(res, 2.0)["p_num"], model_lib.probabilities(pen)[0])
+    net.train()  # the training loss is the CTC likelihood itself, never the penalised one
+    torch.manual_seed(1)
+    trained = net(x)["number"]
+    net.blank_penalty = 0.0
+    torch.manual_seed(1)
+    assert torch.equal(trained, net(x)["number"])
+
+
 @pytest.mark.parametrize("backbone", ["resnet18", "cnn", "cnn_narrow", "cnn_narrow16", "cnn_thin"])
 def test_ctc_model_shapes_and_finite_gradients(backbone):
     torch.manual_seed(0)
@@ -160,5 +193,11 @@ def test_ctc_end_to_end_train_evaluate_analyze(tmp_path):
     assert all(0 <= p["pred"] <= 99 for p in json.loads((tmp_path / "eval.json").read_text())["predictions"])
     s = analyze_weights.main([ckpt, f"--results_dir={tmp_path / 'res'}"])
     assert "columns" in s["components"] and s["heads"]["columns"]["weight"]["shape"] == [11, 16, 1]
+    tuned = evaluate.main([ckpt, "--tune_blank", f"--out={tmp_path / 'tuned.json'}", f"--cache_dir={tmp_path / 'cache'}"])
+    penalty = tuned["config"]["blank_penalty"]
+    assert penalty in evaluate.BLANK_PENALTIES
+    fixed = evaluate.main([ckpt, f"--blank_penalty={penalty}", f"--out={tmp_path / 'fixed.json'}",
+                           f"--cache_dir={tmp_path / 'cache'}"])  # the model's own penalty reads as the re-decoding
+    assert [p["confidence"] for p in fixed["predictions"]] == [p["confidence"] for p in tuned["predictions"]]
     info = predict.main([ckpt, "--export_onnx", str(tmp_path / "ctc.onnx")])  # the CTC forward exports too
     assert info["max_abs_diff_vs_pytorch"] < 1e-4

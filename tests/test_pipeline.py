@@ -71,6 +71,8 @@ def test_evaluate_validation_split(run):
     assert not train_paths & val_paths and len(train_paths | val_paths) == 18  # the 6 + 6 + 6 of numbers 4, 6, 49
     with pytest.raises(evaluate.config.ConfigError, match="--split must be one of test, val, train"):
         evaluate.main([f"--checkpoint={out['checkpoints']}/best_model.pth", "--split=tran"])
+    with pytest.raises(evaluate.config.ConfigError, match="--tune_blank needs a checkpoint with the ctc head"):
+        evaluate.main([f"--checkpoint={out['checkpoints']}/best_model.pth", "--tune_blank"])
 
 
 def test_analyze_weights(run):
