@@ -104,6 +104,9 @@ METHODS |= {f"box_{m}_zoom": METHODS[f"box_{m}"] + ["--zoom=0.3"] for m in ("sup
 # the narrow reader co-trained on rendered numbers (6.8's --glyph_mix): many pairs, each digit with many partners
 # (6.25: negative at the half budget)
 METHODS["box_narrow_ctc_glyph"] = METHODS["box_narrow_ctc"] + ["--glyph_mix=0.25"]
+# each two-digit print also seen with its digits exchanged on the same shirt (49 -> 94, 89 -> 98; dataset.swap_digits),
+# half the time: a 4 and an 8 then stand where the units digit of 48, 64 and 88 stands, beside a new partner
+METHODS |= {f"box_{m}_swap": METHODS[f"box_{m}"] + ["--swap_digits=0.5"] for m in ("suppress_1", "narrow_ctc")}
 HARD_TRAIN, HARD_TEST = synth.HARD_TRAIN, synth.HARD_TEST  # the harder split, defined in synth.py
 
 

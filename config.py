@@ -100,6 +100,8 @@ class Config:
                                          # (report 6.25: no gain at the default budget)
     blur_aug: float = 0.0                # training: each frame blurred with this probability (Gaussian or motion at
                                          # any angle, dataset.random_blur); not part of the SPEC's recipe
+    swap_digits: float = 0.0             # training: each two-digit tracklet has its two digits exchanged (49 -> 94,
+                                         # dataset.swap_digits) with this probability; never into a scored unseen number
     compose_prob: float = 0.0            # fraction of each batch replaced by two-digit composites of single digits
     compose_mode: str = "splice"         # splice: two crops squeezed side by side | paste: two digit bands, one shirt
     compose_exclude: list[int] = field(default_factory=list)  # numbers composition and --glyph_mix never produce
@@ -173,6 +175,7 @@ class Config:
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (0 <= self.mixup_prob <= 1, "mixup_prob must be in [0, 1]"),
             (0 <= self.compose_prob <= 1, "compose_prob must be in [0, 1]"),
+            (0 <= self.swap_digits <= 1, "swap_digits must be in [0, 1]"),
             (0 <= self.shift <= 0.5, "shift must be in [0, 0.5]"),
             (0 <= self.zoom <= 0.5, "zoom must be in [0, 0.5]"),
             (0 <= self.blur_aug <= 1, "blur_aug must be in [0, 1]"),

@@ -574,6 +574,59 @@ def mix_renders(x, mask, number, renders, labels, share: float):
     return x, mask, *decompose(number), number
 
 
+# Distance between the two digits' centres of a two-digit print, as a fraction of the crop width: a print fills
+# about half the back's width, so its digits sit about a quarter of the crop apart (drawn per tracklet).
+SWAP_PITCH = (0.2, 0.3)
+
+
+def swap_number(n):
+    """49 -> 94 (int or tensor); meaningless for one-digit numbers and for units 0, which swap_digits leaves out."""
+    return 10 * (n % 10) + n // 10
+
+
+def swappable(number, exclude=()) -> torch.Tensor:
+    """Which numbers swap_digits may exchange: two digits, units not 0 (no 'tens 0'), different digits, and the
+    swapped number not in `exclude` (the test numbers and the other scored unseen ones)."""
+    number = torch.as_tensor(number)
+    ok = (number >= 10) & (number % 10 > 0) & (swap_number(number) != number)
+    return ok & ~torch.isin(swap_number(number), torch.as_tensor(list(exclude), dtype=number.dtype))
+
+
+def swap_digits(x, tens, units, number, prob: float, exclude=(), pitch=SWAP_PITCH):
+    """Two-digit tracklets with their digits exchanged in place (49 -> 94), on any data (no digit boxes needed).
+
+    A two-digit print sits across the middle of the back, its tens digit in the band of one pitch left of the
+    crop's centre and its units digit in the band right of it. Swapping the two bands (pitch drawn per tracklet
+    from `pitch` x W, the same for all its frames) moves each digit to the other's place on the same shirt, so a
+    units digit is seen right of a tens digit it was never printed beside, in the position and size a real print
+    gives it; with 49, 66 and 89 in training, 94 and 98 put a 4 and an 8 where the units of 48, 64 and 88 stand.
+    Each eligible tracklet (`swappable`) is swapped with probability `prob`. x: float [B, T, 3, H, W]."""
+    B, W = x.shape[0], x.shape[-1]
+    hit = torch.nonzero(swappable(number.cpu(), exclude) & (torch.rand(B) < prob)).flatten().tolist()
+    if not hit:
+        return x, tens, units, number
+    x, tens, units, number = x.clone(), tens.clone(), units.clone(), number.clone()
+    c = W // 2
+    for i in hit:
+        w = min(c, max(1, int(round(W * float(torch.empty(1).uniform_(*pitch))))))
+        left = x[i, ..., c - w:c].clone()
+        x[i, ..., c - w:c] = x[i, ..., c:c + w]
+        x[i, ..., c:c + w] = left
+    number[hit] = swap_number(number[hit])
+    tens[hit], units[hit] = number[hit] // 10, number[hit] % 10
+    return x, tens, units, number
+
+
+def swapped_counts(numbers, prob: float, exclude=()) -> list[int]:
+    """The labels the loss sees under swap_digits, in expectation: `prob` of each swappable number's tracklets
+    counted as its swap (so class weights do not call 94 absent and weigh it out of the loss)."""
+    out = []
+    for n, k in sorted(Counter(int(v) for v in numbers).items()):
+        moved = round(prob * k) if bool(swappable(torch.tensor([n]), exclude)) else 0
+        out += [n] * (k - moved) + [swap_number(n)] * moved
+    return out
+
+
 def compose_batch(x, tens, units, number, prob: float, exclude=(), width=(0.35, 0.6), mode: str = "splice"):
     """Synthetic two-digit tracklets from single-digit ones, on any data (no digit boxes needed).
 

@@ -152,11 +152,14 @@ def loss_numbers(cfg, train_numbers, glyphs) -> list[int]:
     """The numbers the loss sees, in the proportions it sees them, for the class weights: with --glyph_mix a
     rendered 41 is as common as it is in the batches (weights counted from the tracklets alone would call
     tens 4 rare and tens 1 absent, and push the tens head off 'empty')."""
+    numbers = list(train_numbers)
+    if cfg.swap_digits > 0:  # likewise a swapped 94
+        numbers = dataset.swapped_counts(numbers, cfg.swap_digits, never_synthesised(cfg))
     if glyphs is None:
-        return list(train_numbers)
+        return numbers
     labels = glyphs[1].tolist()
-    m = round(cfg.glyph_mix / (1 - cfg.glyph_mix) * len(train_numbers))
-    return list(train_numbers) + (labels * (m // len(labels) + 1))[:m]
+    m = round(cfg.glyph_mix / (1 - cfg.glyph_mix) * len(numbers))
+    return numbers + (labels * (m // len(labels) + 1))[:m]
 
 
 def prepare_batch(batch, cfg, device, train: bool, glyphs=None):
@@ -165,6 +168,8 @@ def prepare_batch(batch, cfg, device, train: bool, glyphs=None):
     mask = batch["mask"].to(device)
     tens, units, number = (batch[k].to(device) for k in ("tens", "units", "number"))
     if train:
+        if cfg.swap_digits > 0:
+            x, tens, units, number = dataset.swap_digits(x, tens, units, number, cfg.swap_digits, never_synthesised(cfg))
         if cfg.compose_prob > 0:
             x, tens, units, number = dataset.compose_batch(x, tens, units, number, cfg.compose_prob,
                                                            never_synthesised(cfg),

@@ -47,6 +47,8 @@ def test_unknown_and_bad_values_are_clear():
         config.load(["--shift=0.6"], env_file="/nonexistent")
     with pytest.raises(SystemExit, match="zoom must be in"):
         config.load(["--zoom=-0.1"], env_file="/nonexistent")
+    with pytest.raises(SystemExit, match="swap_digits must be in"):
+        config.load(["--swap_digits=1.5"], env_file="/nonexistent")
 
 
 def test_cuda_fallback_warning():

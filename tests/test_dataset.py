@@ -465,3 +465,34 @@ def test_criterion_with_auto_empty_suppression():
     assert torch.allclose(auto, dataset.class_weights(tens, 11, empty_index=EMPTY, empty_suppression=s))
     fixed = train.Criterion(config.Config(empty_suppression=0.01), numbers, "cpu").weights["tens"]
     assert auto[EMPTY] > 2 * fixed[EMPTY] and torch.equal(auto[:EMPTY], fixed[:EMPTY])
+
+
+def test_swap_digits_exchanges_the_two_digit_bands_of_a_print_and_its_label():
+    torch.manual_seed(0)
+    B, T, W = 6, 3, 40
+    cols = torch.arange(W, dtype=torch.float).expand(B, T, 3, 8, W).clone()  # each pixel holds its column index
+    number = torch.tensor([49, 89, 66, 40, 4, 48])
+    tens, units = (torch.tensor(v) for v in zip(*map(decompose, number.tolist())))
+    x, t, u, n = dataset.swap_digits(cols, tens, units, number, prob=1.0, exclude=[84])
+    assert n.tolist() == [94, 98, 66, 40, 4, 48]  # 66 is its own swap, 40 would be '04', 84 is excluded
+    assert t.tolist() == [9, 9, 6, 4, EMPTY, 4] and u.tolist() == [4, 8, 6, 0, 4, 8]
+    assert torch.equal(x[2:], cols[2:]) and number.tolist()[0] == 49  # the inputs are left alone
+    c = W // 2
+    for i in (0, 1):
+        moved = (x[i, 0, 0, 0] != cols[i, 0, 0, 0]).nonzero().flatten()
+        w = len(moved) // 2
+        assert round(0.2 * W) <= w <= round(0.3 * W) and moved.tolist() == list(range(c - w, c + w))
+        assert x[i, 0, 0, 0, c - w:c].tolist() == list(range(c, c + w))  # the right band now stands left
+        assert torch.equal(x[i], x[i, :1].expand_as(x[i]))  # one pitch for every frame of the tracklet
+    kept, *_ = dataset.swap_digits(cols, tens, units, number, prob=0.0)
+    assert torch.equal(kept, cols)
+
+
+def test_swapped_labels_reach_the_class_weights():
+    assert dataset.swapped_counts([49] * 4 + [4] * 3 + [66] * 2 + [48], 0.5, exclude=[84]) == \
+        [4] * 3 + [48] + [49] * 2 + [94] * 2 + [66] * 2
+    cfg = config.load(["--head=ctc", "--swap_digits=0.5", "--test_classes=48,64,88"])[0]
+    numbers = train.loss_numbers(cfg, [4] * 50 + [49] * 10 + [89] * 10, None)
+    assert numbers.count(94) == numbers.count(98) == 5 and numbers.count(49) == 5
+    w = train.Criterion(cfg, numbers, "cpu").weights["number"]
+    assert w[94] == w[49] > 10 * w[84]  # 94 weighs as a present number; 84 (scored unseen) stays absent
