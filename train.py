@@ -163,7 +163,8 @@ def loss_numbers(cfg, train_numbers, glyphs) -> list[int]:
 
 
 def prepare_batch(batch, cfg, device, train: bool, glyphs=None):
-    """uint8 frames -> normalised float input (+ composition, rendered numbers and augmentation in training)."""
+    """uint8 frames -> normalised float input (+ digit swaps, composition, rendered numbers and augmentation in
+    training)."""
     x = dataset.to_input(batch["frames"], device)
     mask = batch["mask"].to(device)
     tens, units, number = (batch[k].to(device) for k in ("tens", "units", "number"))
