@@ -609,6 +609,9 @@ def main(argv=None):
                     utils.atomic_save(state, os.path.join(ckpt_dir, "best_model.pth"))
             if stopper["bad_epochs"] >= cfg.patience:
                 log.info("early stopping: validation loss has not improved for %d epochs", cfg.patience)
+                if lr > 0.1 * cfg.lr:  # report 6.28: a long cosine schedule cut off before its rate came down
+                    log.warning("stopped at epoch %d of %d with the learning rate still %.0f%% of its peak; "
+                                "raise --patience to run the schedule out", epoch + 1, cfg.epochs, 100 * lr / cfg.lr)
                 break
     except KeyboardInterrupt:
         log.info("interrupted: checkpoints so far are kept; continue with python train.py --resume")

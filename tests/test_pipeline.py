@@ -38,6 +38,16 @@ def test_training_writes_checkpoints_curves_and_tensorboard(run):
     assert not [f for f in os.listdir(out["checkpoints"]) if ".tmp" in f]
 
 
+def test_early_stopping_with_the_rate_still_high_says_so(run):
+    tmp, out, common, _, _ = run
+    ckpt = str(tmp / "early")  # a min_delta only the first epoch beats: stops after two of five, rate at 90%
+    _, history = train.main(common + ["--epochs=5", "--patience=1", "--min_delta=100", "--run_name=early",
+                                      f"--checkpoint_dir={ckpt}", f"--results_dir={ckpt}"])
+    assert len(history) == 2 and os.path.exists(os.path.join(ckpt, "last.pth"))
+    with open(os.path.join(out["logs"], "early", "train.log")) as f:
+        assert "stopped at epoch 2 of 5 with the learning rate still 90% of its peak" in f.read()
+
+
 def test_evaluate_json_and_plots(run):
     tmp, out, common, _, _ = run
     res_path = tmp / "eval.json"
