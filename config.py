@@ -37,6 +37,7 @@ class Config:
     allow_seen_test: bool = False        # allow test numbers that are also training numbers (a plain test split)
     val_split: float = 0.2
     split_by: str = "sequence"           # 'sequence' keeps one player's sub-tracklets on one side; 'sample' = original
+    split_seed: int = -1                 # seed of the train/val split; -1: --seed. Fix it to ensemble seeds on one split
     img_size: int = 64
     seq_len: int = 5
     train_sampling: str = "random"       # uniform | random | center
@@ -223,6 +224,9 @@ class Config:
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             w.append(f"device={self.device} asked for but CUDA is not available: falling back to CPU")
         return w
+
+    def resolved_split_seed(self) -> int:
+        return self.seed if self.split_seed < 0 else self.split_seed
 
     def resolved_device(self) -> str:
         import torch

@@ -7,6 +7,7 @@
     python evaluate.py --checkpoint ... --tune_tau           # tau and the split threshold re-tuned on seen validation
     python evaluate.py --checkpoint ... --tune_blank         # ctc head: the blank penalty chosen on seen validation
     python evaluate.py --checkpoint ... --quantize           # the trunk in INT8 on the CPU (predict.py --quantize)
+    python evaluate.py --checkpoint=a.pth,b.pth,c.pth       # an ensemble: the mean of their probabilities
 
 The model and data settings come from the checkpoint; any --field=value overrides them.
 """
@@ -328,10 +329,19 @@ def score_not_visible(model, cfg, device, dtype, threshold: float) -> dict | Non
 # ---- main ------------------------------------------------------------------------------------------------
 
 def load_for_eval(argv, extras):
-    """Checkpoint config, overridden by whatever the user set on the command line."""
+    """Checkpoint config, overridden by whatever the user set on the command line. Several comma-separated
+    checkpoints are read as one ensemble (model.Ensemble) under the first one's config and stored values."""
     cli, extra = config.load(argv, extras={"checkpoint": "checkpoints/best_model.pth", **extras})
-    ckpt = utils.load_checkpoint(extra["checkpoint"])
-    net, cfg = utils.model_from_checkpoint(ckpt, extra["checkpoint"])
+    members = [load_member(path, cli) for path in extra["checkpoint"].split(",")]
+    _, cfg, ckpt, net = members[0]
+    if len(members) > 1:
+        net = ensemble(members, extra.get("split", "test"))
+    return cfg, extra, ckpt, net
+
+
+def load_member(path, cli):
+    ckpt = utils.load_checkpoint(path)
+    net, cfg = utils.model_from_checkpoint(ckpt, path)
     for k in cli._explicit:
         setattr(cfg, k, getattr(cli, k))
     if "max_steps" not in cli._explicit:
@@ -340,13 +350,36 @@ def load_for_eval(argv, extras):
     errors = cfg.validate()
     if errors:
         raise config.ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
-    return cfg, extra, ckpt, net
+    return path, cfg, ckpt, net
+
+
+# what every member of an ensemble must share: the frames it reads, and (to be scored on a side of the training
+# split, which must be unseen by all of them) the data and split it was trained on
+ENSEMBLE_INPUT = ("img_size", "crop", "sharpen", "seq_len", "eval_sampling", "eval_anchor", "use_anchor")
+ENSEMBLE_SPLIT = ("data_root", "synth_scale", "synth_seed", "train_classes", "val_split", "split_by")
+
+
+def ensemble(members, split: str):
+    first = members[0][1]
+    split_of = lambda c: [getattr(c, k) for k in ENSEMBLE_SPLIT] + [c.resolved_split_seed()]  # noqa: E731
+    for path, cfg, _, _ in members:
+        differ = [k for k in ENSEMBLE_INPUT if getattr(cfg, k) != getattr(first, k)]
+        if differ:
+            raise config.ConfigError(f"ensemble: {path} reads other frames than {members[0][0]} ({', '.join(differ)})")
+        if cfg.reads_halves():
+            raise config.ConfigError(f"ensemble: {path} reads the crop's halves (--split_views); not in an ensemble")
+        if split != "test" and split_of(cfg) != split_of(first):
+            raise config.ConfigError(f"ensemble: {path} was trained on another train/val split than {members[0][0]}, "
+                                     f"so --split={split} would score tracklets one of them trained on; train the "
+                                     "members with one --split_seed, or use --split=test")
+    log.info("ensemble of %d checkpoints: the mean of their probabilities", len(members))
+    return model_lib.Ensemble([m[3] for m in members])
 
 
 def eval_samples(cfg, split):
     if split != "test":  # a side of the split train.py made (same numbers, fraction, seed)
         samples, store, skipped = utils.load_samples(cfg, cfg.train_classes)
-        train_side, val_side = dataset.split(samples, cfg.val_split, cfg.seed, cfg.split_by)
+        train_side, val_side = dataset.split(samples, cfg.val_split, cfg.resolved_split_seed(), cfg.split_by)
         return (val_side if split == "val" else train_side), store, skipped, cfg.use_anchor
     samples, store, skipped = utils.load_samples(cfg, cfg.test_classes)
     return samples, store, skipped, cfg.eval_anchor
@@ -400,6 +433,8 @@ def main(argv=None):
         raise config.ConfigError(f"--split must be one of {', '.join(SPLIT_FILES)}")
     if extra["tune_blank"] and cfg.head != "ctc":
         raise config.ConfigError(f"--tune_blank needs a checkpoint with the ctc head; this one has head={cfg.head}")
+    if isinstance(model, model_lib.Ensemble) and (extra["tune_blank"] or extra["quantize"]):
+        raise config.ConfigError("--tune_blank and --quantize read one checkpoint, not an ensemble")
     device = torch.device("cpu") if extra["quantize"] else utils.device_of(cfg)  # quantized kernels are CPU ones
     dtype = utils.amp_dtype(device, cfg.amp)
     model.to(device).eval()
@@ -418,7 +453,8 @@ def main(argv=None):
         "rules": rules, "skipped": dict(skipped), "split": extra["split"], "anchor_frames_used": anchor,
         "int8_trunk": extra["quantize"], "int8_ranges_from": calibration,
         "numbers": sorted({s.number for s in samples}), "num_tracklets": len(samples),
-        "checkpoint": {"path": extra["checkpoint"], "epoch": ckpt.get("epoch", -1) + 1,
+        "checkpoint": {"path": extra["checkpoint"], "members": len(extra["checkpoint"].split(",")),
+                       "epoch": ckpt.get("epoch", -1) + 1,
                        "best_val_acc": ckpt.get("best_acc")},
         "by_frame_height": accuracy_by_height(samples, res, num),
         "digit_coverage": {str(k): v for k, v in cfg.digit_coverage().items()},

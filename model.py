@@ -347,6 +347,21 @@ def number_probs(p_tens, p_units):
     return torch.cat([single, two], 1)
 
 
+class Ensemble(nn.Module):
+    """Several checkpoints read as one (evaluate.py / predict.py --checkpoint=a.pth,b.pth): the mean of their
+    probabilities over the 100 numbers, returned as log-probabilities, as a compositional head's scores are, so
+    every decoding rule reads it unchanged. Members read the same frames; the attention is the first one's."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x, mask=None):
+        outs = [m(x, mask) for m in self.members]
+        p_num = torch.stack([probabilities(o)[0] for o in outs]).mean(0)
+        return {"number": p_num.clamp_min(1e-30).log(), "attention": outs[0]["attention"]}
+
+
 def build(cfg, pretrained: bool | None = None, init_path: str = "") -> JerseyTemporalNet:
     """The one place a model is made from a config (train, evaluate, analyze and checkpoints use it).
     `init_path`: pretrain.py trunk weights, used when ImageNet weights are off or cannot be had."""
@@ -363,6 +378,8 @@ def fused_for_inference(net: JerseyTemporalNet) -> JerseyTemporalNet:
     """An eval-mode copy with every conv + BatchNorm pair of the trunk folded into one conv (torch.fx):
     one pass over memory less per layer, ~10% faster on CPU, the same outputs up to rounding. Never train it."""
     from torch.fx.experimental.optimization import fuse
+    if isinstance(net, Ensemble):
+        return Ensemble([fused_for_inference(m) for m in net.members])
     net = copy.deepcopy(net).eval()
     net.backbone = fuse(net.backbone)
     return net

@@ -2,6 +2,7 @@
 
     python predict.py --checkpoint checkpoints/best_model.pth INPUT [INPUT ...] [--out preds.json|preds.csv]
     python predict.py --checkpoint checkpoints/best_model.pth --export_onnx model.onnx [--quantize]
+    python predict.py --checkpoint=a.pth,b.pth INPUT    # an ensemble: the mean of their probabilities (float only)
 
 An INPUT is a tracklet folder of images, a folder of tracklet folders, a dataset root in the SPEC layout or a
 SoccerNet split folder (images/ + <split>_gt.json). With the last two the true numbers are known, so the output
@@ -369,6 +370,10 @@ def main(argv=None):
     utils.setup_logging()
     cfg.max_steps = 0  # a smoke-test checkpoint's step limit must not drop tracklets here
     extra["quantize"] = quantize_choice(extra["quantize"])
+    if isinstance(net, model_lib.Ensemble):  # INT8 ranges and the ONNX graph belong to one checkpoint
+        if extra["export_onnx"] or extra["quantize"] == "true":
+            raise config.ConfigError("--export_onnx and --quantize=true read one checkpoint, not an ensemble")
+        extra["quantize"] = "false"
     if extra["export_onnx"]:
         if inputs:
             raise config.ConfigError(f"--export_onnx takes no INPUT (got {inputs}); predict in a separate run")

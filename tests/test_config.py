@@ -105,3 +105,13 @@ def test_seen_test_numbers_need_explicit_opt_in():
         config.load(["--test_classes=4,48"], env_file="/nonexistent")
     cfg, _ = config.load(["--test_classes=4,48", "--allow_seen_test"], env_file="/nonexistent")
     assert cfg.test_classes == [4, 48]
+
+
+def test_split_seed_fixes_the_split_apart_from_the_seed():
+    import dataset
+    samples = [dataset.Sample(path=f"p{n}_{g}_{k}", number=n, frames=[], anchor=None, group=f"{n}_{g}")
+               for n in (4, 49) for g in range(10) for k in range(2)]
+    cfgs = [config.load(a)[0] for a in (["--seed=2", "--split_seed=1"], ["--seed=3", "--split_seed=1"], ["--seed=3"])]
+    assert [c.resolved_split_seed() for c in cfgs] == [1, 1, 3]
+    vals = [{s.path for s in dataset.split(samples, 0.2, c.resolved_split_seed())[1]} for c in cfgs]
+    assert vals[0] == vals[1] != vals[2]

@@ -97,3 +97,21 @@ def test_small_cnn_backbone_keeps_an_eight_times_finer_map():
     assert m.backbone(torch.randn(1, 3, 64, 64)).shape == (1, 256, 8, 8)
     out = m(torch.randn(2, 3, 3, 64, 64))
     assert out["tens"].shape == (2, 11) and out["units"].shape == (2, 11)
+
+
+def test_ensemble_reads_the_mean_of_its_members_probabilities(net):
+    torch.manual_seed(1)
+    ctc = JerseyTemporalNet(backbone="cnn_narrow", pretrained=False, lstm_hidden=32, head_hidden=32, head="ctc").eval()
+    x = torch.randn(3, 4, 3, 32, 32)
+    with torch.no_grad():
+        members = [model_lib.probabilities(m(x))[0] for m in (net, ctc)]
+        out = model_lib.Ensemble([net, ctc])(x)
+        alone = model_lib.Ensemble([net, net])(x)
+    p_num, p_tens, p_units = model_lib.probabilities(out)
+    assert torch.allclose(p_num, (members[0] + members[1]) / 2, atol=1e-6)
+    assert torch.allclose(p_tens.sum(1), torch.ones(3)) and torch.allclose(p_units.sum(1), torch.ones(3))
+    assert torch.equal(model_lib.probabilities(alone)[0].argmax(1), members[0].argmax(1))  # one model twice: itself
+    assert out["attention"].shape == (3, 4)
+    fused = model_lib.fused_for_inference(model_lib.Ensemble([net, ctc]))
+    with torch.no_grad():
+        assert torch.allclose(model_lib.probabilities(fused(x))[0], p_num, atol=1e-4)

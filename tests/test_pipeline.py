@@ -85,6 +85,26 @@ def test_evaluate_validation_split(run):
         evaluate.main([f"--checkpoint={out['checkpoints']}/best_model.pth", "--tune_blank"])
 
 
+def test_evaluate_an_ensemble_and_refuse_members_that_do_not_match(run):
+    tmp, out, _, _, _ = run
+    best, last = (os.path.join(out["checkpoints"], n) for n in ("best_model.pth", "last.pth"))
+    kw = [f"--results_dir={tmp / 'ens'}", f"--cache_dir={out['cache']}"]
+    both = evaluate.main([f"--checkpoint={best},{last}", f"--out={tmp / 'ens.json'}", "--split=val"] + kw)
+    alone = evaluate.main([f"--checkpoint={best}", f"--out={tmp / 'alone.json'}", "--split=val"] + kw)
+    saved = json.loads((tmp / "ens.json").read_text())
+    assert saved["checkpoint"]["members"] == 2 and alone["checkpoint"]["members"] == 1
+    assert [p["path"] for p in both["predictions"]] == [p["path"] for p in alone["predictions"]]
+    for field, value, split, message in (("img_size", 48, "test", "reads other frames.*img_size"),
+                                         ("split_seed", 7, "val", "another train/val split")):
+        ck = utils.load_checkpoint(last)
+        ck["config"][field] = value
+        torch.save(ck, tmp / "other.pth")
+        with pytest.raises(evaluate.config.ConfigError, match=message):
+            evaluate.main([f"--checkpoint={best},{tmp / 'other.pth'}", f"--split={split}"] + kw)
+    with pytest.raises(evaluate.config.ConfigError, match="not an ensemble"):
+        evaluate.main([f"--checkpoint={best},{last}", "--quantize"] + kw)
+
+
 def test_analyze_weights(run):
     tmp, out, _, _, _ = run
     s = analyze_weights.main([f"--checkpoint={out['checkpoints']}/best_model.pth", f"--results_dir={out['results']}"])

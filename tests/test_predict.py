@@ -301,3 +301,15 @@ def test_clear_errors(setup, tmp_path):
     with pytest.raises(SystemExit, match="seq_len must be >= 1"):
         predict.main(["--checkpoint", ckpt, inputs["one"], "--seq_len=0"])
     assert utils.uncertain_threshold({}) == 0.5 and utils.uncertain_threshold({"uncertain_threshold": 0.3}) == 0.3
+
+
+def test_an_ensemble_of_one_checkpoint_twice_answers_as_it_does(setup, predicted):
+    tmp, ckpt, _, _, inputs = setup
+    out = tmp / "ens.json"
+    predict.main([f"--checkpoint={ckpt},{ckpt}", inputs["spec"], "--out", str(out)])
+    alone = {p["tracklet"]: p for p in predicted["predictions"]}
+    for p in json.loads(out.read_text())["predictions"]:
+        assert p["prediction"] == alone[p["tracklet"]]["prediction"]
+        assert abs(p["confidence"] - alone[p["tracklet"]]["confidence"]) < 1e-3
+    with pytest.raises(config.ConfigError, match="not an ensemble"):
+        predict.main([f"--checkpoint={ckpt},{ckpt}", "--export_onnx", str(tmp / "ens.onnx")])
