@@ -16,7 +16,8 @@ Per tracklet: predicted number, confidence (its probability in the model's distr
 numbers, per-digit probabilities, the temporal attention weight of every frame (next to the file it refers to)
 and `uncertain: true` when confidence < --uncertain_below. That threshold defaults to the one train.py chose on
 the checkpoint's validation answers under the checkpoint's own rule (see train.uncertain_threshold), else 0.5;
-a --rule other than the one the checkpoint was trained with keeps that value, so set --uncertain_below then.
+a --rule other than the one the checkpoint was trained with keeps that value, so set --uncertain_below then
+(and for an ensemble, which keeps its first member's).
 
 --quantize=auto|true|false (default auto): where the trunk (the convolutions, ~80% of the model's time) runs in
 INT8 on the CPU: post-training static quantization with the activation ranges train.py stored in the checkpoint
