@@ -332,7 +332,9 @@ def load_for_eval(argv, extras):
     """Checkpoint config, overridden by whatever the user set on the command line. Several comma-separated
     checkpoints are read as one ensemble (model.Ensemble) under the first one's config and stored values."""
     cli, extra = config.load(argv, extras={"checkpoint": "checkpoints/best_model.pth", **extras})
-    members = [load_member(path, cli) for path in extra["checkpoint"].split(",")]
+    members = [load_member(path, cli) for path in extra["checkpoint"].split(",") if path.strip()]
+    if not members:
+        raise config.ConfigError("--checkpoint: no checkpoint given")
     _, cfg, ckpt, net = members[0]
     if len(members) > 1:
         net = ensemble(members, extra.get("split", "test"))
@@ -453,7 +455,7 @@ def main(argv=None):
         "rules": rules, "skipped": dict(skipped), "split": extra["split"], "anchor_frames_used": anchor,
         "int8_trunk": extra["quantize"], "int8_ranges_from": calibration,
         "numbers": sorted({s.number for s in samples}), "num_tracklets": len(samples),
-        "checkpoint": {"path": extra["checkpoint"], "members": len(extra["checkpoint"].split(",")),
+        "checkpoint": {"path": extra["checkpoint"], "members": len(model.members) if isinstance(model, model_lib.Ensemble) else 1,
                        "epoch": ckpt.get("epoch", -1) + 1,
                        "best_val_acc": ckpt.get("best_acc")},
         "by_frame_height": accuracy_by_height(samples, res, num),

@@ -103,6 +103,8 @@ def test_evaluate_an_ensemble_and_refuse_members_that_do_not_match(run):
             evaluate.main([f"--checkpoint={best},{tmp / 'other.pth'}", f"--split={split}"] + kw)
     with pytest.raises(evaluate.config.ConfigError, match="not an ensemble"):
         evaluate.main([f"--checkpoint={best},{last}", "--quantize"] + kw)
+    with pytest.raises(evaluate.config.ConfigError, match="no checkpoint given"):
+        evaluate.main(["--checkpoint=,"] + kw)
 
 
 def test_analyze_weights(run):
