@@ -1,6 +1,7 @@
 import pytest
 
 import config
+import dataset
 
 
 def test_defaults_match_spec():
@@ -108,7 +109,6 @@ def test_seen_test_numbers_need_explicit_opt_in():
 
 
 def test_split_seed_fixes_the_split_apart_from_the_seed():
-    import dataset
     samples = [dataset.Sample(path=f"p{n}_{g}_{k}", number=n, frames=[], anchor=None, group=f"{n}_{g}")
                for n in (4, 49) for g in range(10) for k in range(2)]
     cfgs = [config.load(a)[0] for a in (["--seed=2", "--split_seed=1"], ["--seed=3", "--split_seed=1"], ["--seed=3"])]
