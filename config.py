@@ -116,6 +116,8 @@ class Config:
     erase_views: float = 0.0             # >0: also train each head (the CTC reader: on the digit left) on the two-digit
                                          # tracklets with the other digit's half painted over (dataset.erased_views),
                                          # loss weight this
+    ema_decay: float = 0.0               # >0: keep an exponential moving average of the weights and BatchNorm
+                                         # statistics (decay per step); it is validated, picked and shipped
     patience: int = 10
     min_delta: float = 0.001
     amp: bool = True                     # float16 + GradScaler on CUDA, bfloat16 autocast on CPUs that support it
@@ -180,6 +182,7 @@ class Config:
             (0 <= self.shift <= 0.5, "shift must be in [0, 0.5]"),
             (0 <= self.zoom <= 0.5, "zoom must be in [0, 0.5]"),
             (0 <= self.blur_aug <= 1, "blur_aug must be in [0, 1]"),
+            (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (0 <= self.glyph_mix < 1 and self.glyph_images >= 10, "glyph_mix must be in [0, 1), glyph_images >= 10"),
             (0 < self.beta < 1, "beta must be in (0, 1)"),
             (self.empty_suppression == "auto" or isinstance(self.empty_suppression, (int, float))

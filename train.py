@@ -211,7 +211,24 @@ def train_step(model, criterion, optimizer, scaler, batch, cfg, device, dtype) -
     return loss.item()
 
 
-def train_one_epoch(model, criterion, optimizer, loader, device, dtype, scaler, cfg, epoch, glyphs=None):
+def make_ema(cfg, model):
+    """An exponential moving average of the weights and BatchNorm statistics (torchvision's --model-ema), or None.
+    The decay warms up as min(d, (1 + n) / (10 + n)) at update n, so on a small dataset the random initial weights
+    do not linger for the ~1 / (1 - d) steps a fixed decay would keep them."""
+    if cfg.ema_decay <= 0:
+        return None
+
+    def update(averaged, current, n):
+        w = 1 - torch.clamp((1 + n) / (10 + n), max=cfg.ema_decay)
+        for a, c in zip(averaged, current):
+            if a.is_floating_point():
+                a.lerp_(c, w.to(a.dtype))
+            else:  # num_batches_tracked
+                a.copy_(c)
+    return torch.optim.swa_utils.AveragedModel(unwrap(model), multi_avg_fn=update, use_buffers=True)
+
+
+def train_one_epoch(model, criterion, optimizer, loader, device, dtype, scaler, cfg, epoch, glyphs=None, ema=None):
     model.train()
     totals = {"loss": 0.0, "n": 0, "skipped_steps": 0}
     seen = []
@@ -228,6 +245,8 @@ def train_one_epoch(model, criterion, optimizer, loader, device, dtype, scaler, 
                 raise FloatingPointError("loss was NaN/inf on more than 10 steps; stopping (last good "
                                          "checkpoint kept). Try a lower --lr or --amp=false.")
             continue
+        if ema is not None:
+            ema.update_parameters(unwrap(model))
         n = prepared[0].shape[0]
         totals["loss"] += loss * n
         totals["n"] += n
@@ -355,6 +374,13 @@ def checkpoint_state(model, optimizer, scheduler, scaler, cfg, epoch, best_acc, 
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         **(extra or {}),
     }
+
+
+def ema_state(ema) -> dict:
+    """The averaged weights (what evaluate.py and predict.py load) and the update count (for --resume)."""
+    if ema is None:
+        return {}
+    return {"model_ema": ema.module.state_dict(), "ema_updates": int(ema.n_averaged)}
 
 
 def restore_rng(rng):
@@ -497,11 +523,17 @@ def build_model(cfg, device, rank=0):
     return model
 
 
-def resume(path, model, optimizer, scheduler, scaler):
+def resume(path, model, optimizer, scheduler, scaler, ema=None):
     """Restore everything a checkpoint holds; returns (start epoch, best acc, history, early-stopping state)."""
     ck = utils.load_checkpoint(path)
+    if (ema is None) != ("model_ema" not in ck):
+        raise utils.CheckpointError(f"{path} was trained with --ema_decay={ck['config'].get('ema_decay', 0)}; "
+                                    "resume with the same setting")
     try:
         unwrap(model).load_state_dict(ck["model"])
+        if ema is not None:
+            ema.module.load_state_dict(ck["model_ema"])
+            ema.n_averaged.fill_(ck["ema_updates"])
     except RuntimeError as err:  # resuming with other architecture settings than the checkpoint's
         raise utils.CheckpointError(f"{path} does not match this configuration "
                                     f"({str(err).splitlines()[0][:160]})") from None
@@ -551,14 +583,16 @@ def main(argv=None):
     optimizer = utils.adamw(model.parameters(), device, cfg.lr, cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    ema = make_ema(cfg, model)
     start, best_acc, history = 0, -1.0, []
     stopper = {"best_loss": math.inf, "bad_epochs": 0}
     ckpt_dir = cfg.checkpoint_dir
     if extra["resume"]:
         path = os.path.join(ckpt_dir, "last.pth") if extra["resume"] in ("1", "true", "True") else extra["resume"]
-        start, best_acc, history, stopper = resume(path, model, optimizer, scheduler, scaler)
+        start, best_acc, history, stopper = resume(path, model, optimizer, scheduler, scaler, ema)
     if world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    evaluated = model if ema is None else ema.module  # the weights validated, picked and shipped
 
     writer = make_writer(cfg, run_name) if rank == 0 else None
     if writer is not None and start == 0:
@@ -573,8 +607,8 @@ def main(argv=None):
         for epoch in range(start, cfg.epochs):
             t0 = time.time()
             set_epoch(train_loader, cfg.seed, epoch)
-            tr = train_one_epoch(model, criterion, optimizer, train_loader, device, dtype, scaler, cfg, epoch, glyphs)
-            res = predict_loader(model, val_loader, device, dtype, cfg, criterion, desc="validate")
+            tr = train_one_epoch(model, criterion, optimizer, train_loader, device, dtype, scaler, cfg, epoch, glyphs, ema)
+            res = predict_loader(evaluated, val_loader, device, dtype, cfg, criterion, desc="validate")
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             m = digit_metrics(res)
@@ -601,9 +635,10 @@ def main(argv=None):
                 best_threshold = extras["uncertain_threshold"]
             if rank == 0:
                 log_tensorboard(writer, row, lr)
-                log_tensorboard_media(writer, model, val_loader, res, cfg, device, dtype, row["epoch"])
+                log_tensorboard_media(writer, evaluated, val_loader, res, cfg, device, dtype, row["epoch"])
                 state = checkpoint_state(model, optimizer, scheduler, scaler, cfg, epoch, best_acc, history, stopper,
-                                         {**extras, "int8_ranges": int8_ranges(model, calibration)})
+                                         {**extras, "int8_ranges": int8_ranges(evaluated, calibration),
+                                          **ema_state(ema)})
                 utils.atomic_save(state, os.path.join(ckpt_dir, "last.pth"))
                 if improved:
                     utils.atomic_save(state, os.path.join(ckpt_dir, "best_model.pth"))

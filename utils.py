@@ -131,8 +131,8 @@ def model_from_checkpoint(ckpt: dict, path: str = "checkpoint"):
     except (TypeError, ValueError, AttributeError) as err:  # a config from another version of this repo
         raise CheckpointError(f"{path}: its config does not describe a model this code can build "
                               f"({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
-    try:
-        net.load_state_dict(ckpt["model"])
+    try:  # train.py validated and picked the averaged weights when it kept them (--ema_decay)
+        net.load_state_dict(ckpt.get("model_ema", ckpt["model"]))
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not match the architecture it describes "
                               f"({str(err).splitlines()[0][:160]})") from None

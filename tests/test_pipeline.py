@@ -122,6 +122,39 @@ def test_resume_continues(run):
     assert [h["epoch"] for h in history] == [1, 2, 3]
 
 
+def test_ema_warms_up_then_keeps_its_decay():
+    net = torch.nn.Linear(2, 1)
+    ema = train.make_ema(train.config.load(["--ema_decay=0.99"])[0], net)
+    first = net.weight.detach().clone()
+    ema.update_parameters(net)  # the first update copies
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update_parameters(net)  # update 1: decay min(0.99, 2 / 11)
+    assert torch.allclose(ema.module.weight, first + 9 / 11)
+    ema.n_averaged.fill_(10_000)
+    ema.update_parameters(net)  # late: the decay itself
+    assert torch.allclose(ema.module.weight, first + 9 / 11 + 0.01 * (1 - 9 / 11))
+    assert train.make_ema(train.config.load([])[0], net) is None
+
+
+def test_ema_weights_are_validated_shipped_and_resumed(run):
+    tmp, out, common, _, _ = run
+    ckpt = str(tmp / "ema")
+    flags = common + ["--ema_decay=0.9", "--run_name=ema", f"--checkpoint_dir={ckpt}", f"--results_dir={ckpt}"]
+    train.main(flags + ["--epochs=2"])
+    ck = utils.load_checkpoint(os.path.join(ckpt, "last.pth"))
+    steps = 2 * (13 // 4)  # 13 training sub-tracklets, full batches of 4
+    assert ck["ema_updates"] == steps and set(ck["model_ema"]) == set(ck["model"])
+    assert not torch.equal(ck["model_ema"]["units.out.2.weight"], ck["model"]["units.out.2.weight"])
+    net, _ = utils.model_from_checkpoint(ck)  # evaluate.py and predict.py read the averaged weights
+    assert all(torch.equal(v, ck["model_ema"][k]) for k, v in net.state_dict().items())
+    _, history = train.main(flags + ["--epochs=3", "--resume"])
+    assert len(history) == 3 and utils.load_checkpoint(os.path.join(ckpt, "last.pth"))["ema_updates"] == 3 * steps // 2
+    with pytest.raises(utils.CheckpointError, match="trained with --ema_decay=0.9; resume with the same setting"):
+        train.main(common + ["--run_name=ema", f"--checkpoint_dir={ckpt}", f"--results_dir={ckpt}", "--epochs=4",
+                             "--resume"])
+
+
 class Evil:
     def __reduce__(self):
         return (os.system, ("echo pwned",))
