@@ -552,6 +552,12 @@ def split(samples: list[Sample], val_fraction: float, seed: int, by: str = "sequ
     return train, val
 
 
+def train_val(samples: list[Sample], cfg):
+    """A run's train/val split from its config: what train.py trains and validates on, and what evaluate.py
+    --split=train|val reads back."""
+    return split(samples, cfg.val_split, cfg.resolved_split_seed(), cfg.split_by)
+
+
 def report_skips(skipped: Counter) -> None:
     for reason, count in sorted(skipped.items()):
         log.warning("skipped %d x %s", count, reason)

@@ -381,7 +381,7 @@ def ensemble(members, split: str):
 def eval_samples(cfg, split):
     if split != "test":  # a side of the split train.py made (same numbers, fraction, seed)
         samples, store, skipped = utils.load_samples(cfg, cfg.train_classes)
-        train_side, val_side = dataset.split(samples, cfg.val_split, cfg.resolved_split_seed(), cfg.split_by)
+        train_side, val_side = dataset.train_val(samples, cfg)
         return (val_side if split == "val" else train_side), store, skipped, cfg.use_anchor
     samples, store, skipped = utils.load_samples(cfg, cfg.test_classes)
     return samples, store, skipped, cfg.eval_anchor

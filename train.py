@@ -568,7 +568,7 @@ def main(argv=None):
     log.info("device %s x %d process(es), autocast %s, method %s", device, world, dtype or "off (float32)", cfg.method)
 
     samples, store, skipped = load_data(cfg, rank)
-    train_samples, val_samples = dataset.split(samples, cfg.val_split, cfg.resolved_split_seed(), cfg.split_by)
+    train_samples, val_samples = dataset.train_val(samples, cfg)
     log.info("%d training / %d validation sub-tracklets of numbers %s", len(train_samples), len(val_samples),
              cfg.train_classes)
     for n, cov in cfg.digit_coverage().items():
