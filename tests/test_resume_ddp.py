@@ -38,12 +38,14 @@ def epoch_of(path):
         return -1
 
 
-def test_sigkill_then_resume_matches_uninterrupted(data, tmp_path):
+@pytest.mark.parametrize("ema", ["0", "0.9"])  # with an average, validation reads the restored average
+def test_sigkill_then_resume_matches_uninterrupted(data, tmp_path, ema):
     full = tmp_path / "full"
-    subprocess.run(train_cmd(*args(data, full, "--epochs=3")), check=True, cwd=REPO, capture_output=True)
+    subprocess.run(train_cmd(*args(data, full, "--epochs=3", f"--ema_decay={ema}")), check=True, cwd=REPO,
+                   capture_output=True)
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(train_cmd(*args(data, cut, "--epochs=3")), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(train_cmd(*args(data, cut, "--epochs=3", f"--ema_decay={ema}")), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = cut / "ck" / "last.pth"
     deadline = time.time() + 300
     while epoch_of(last) < 1 and proc.poll() is None and time.time() < deadline:
@@ -51,7 +53,8 @@ def test_sigkill_then_resume_matches_uninterrupted(data, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert epoch_of(last) == 1, "the kill should land during epoch 3 (two epochs done)"
-    subprocess.run(train_cmd(*args(data, cut, "--epochs=3", "--resume")), check=True, cwd=REPO, capture_output=True)
+    subprocess.run(train_cmd(*args(data, cut, "--epochs=3", f"--ema_decay={ema}", "--resume")), check=True, cwd=REPO,
+                   capture_output=True)
     a = torch.load(full / "ck" / "last.pth", weights_only=True)["history"]
     b = torch.load(last, weights_only=True)["history"]
     assert [h["epoch"] for h in b] == [1, 2, 3]
@@ -69,11 +72,12 @@ def free_port():
 def test_torchrun_two_ranks_disjoint_data_one_checkpoint(data, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           os.path.join(REPO, "train.py"), *args(data, out, "--epochs=1", "--amp=false")]
+           os.path.join(REPO, "train.py"), *args(data, out, "--epochs=1", "--amp=false", "--ema_decay=0.9")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     seen = [set(json.load(open(out / "logs" / "r" / f"rank{r}_samples.json"))) for r in (0, 1)]
     assert seen[0] and seen[1] and not seen[0] & seen[1]
     assert sorted(os.listdir(out / "ck")) == ["best_model.pth", "last.pth"]
-    assert torch.load(out / "ck" / "last.pth", weights_only=True)["world_size"] == 2
+    ck = torch.load(out / "ck" / "last.pth", weights_only=True)
+    assert ck["world_size"] == 2 and ck["ema_updates"] > 0  # each rank averages its own (identical) weights
