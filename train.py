@@ -607,7 +607,8 @@ def main(argv=None):
         for epoch in range(start, cfg.epochs):
             t0 = time.time()
             set_epoch(train_loader, cfg.seed, epoch)
-            tr = train_one_epoch(model, criterion, optimizer, train_loader, device, dtype, scaler, cfg, epoch, glyphs, ema)
+            tr = train_one_epoch(model, criterion, optimizer, train_loader, device, dtype, scaler, cfg, epoch, glyphs,
+                                 ema)
             res = predict_loader(evaluated, val_loader, device, dtype, cfg, criterion, desc="validate")
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
