@@ -139,7 +139,9 @@ def run_one(split, method, seed, args, data_root, train_nums, test_nums, extra):
     composed, extra = [n for n in extra if n in allowed], [n for n in extra if n not in allowed]
     if extra:
         flags.append(f"--compose_exclude={','.join(map(str, extra))}")
-    train.main(common + flags + [f"--epochs={args['epochs']}", f"--run_name=ablation_{split}_{method}_s{seed}",
+    # named after the grid's out_dir (default 'ablation'), so grids of other budgets keep apart logs
+    run_name = f"{os.path.basename(os.path.normpath(args['out_dir']))}_{split}_{method}_s{seed}"
+    train.main(common + flags + [f"--epochs={args['epochs']}", f"--run_name={run_name}",
                                  f"--log_dir={args['log_dir']}", f"--test_classes={','.join(map(str, test_nums))}"])
     ckpt = ["--checkpoint=" + os.path.join(out, "best_model.pth"), f"--results_dir={out}", "--tune_tau"]
     row = {"split": split, "method": method, "seed": seed}

@@ -27,6 +27,9 @@ def test_grid_writes_every_run_and_a_table_and_resumes(tmp_path):
         assert 0 <= r["val"]["argmax"] <= 100 and "heldout" in r and "extra_unseen" in r
     # every method runs on the SPEC's whole frame, whatever train.py's default, except the torso band, pinned
     assert [r["crop"] for r in rows] == [[0.0, 0.0, 1.0, 1.0]] * 2 + [[0.0, 0.05, 1.0, 0.65]]
+    # each run logs under its grid's out_dir name, so grids of other budgets do not share a TensorBoard folder
+    assert sorted(os.listdir(tmp_path / "logs")) == [f"ck_original_{m}_s1" for m in sorted(
+        ("original", "compose_paste", "torso_crop"))]
     # the box_* methods run on the default crop, the band's with its width narrowed (report 6.22)
     box = config.load(["--method=original"] + ablate.METHODS["box_suppress_1"])[0]
     assert box.crop == config.TORSO_CROP and box.crop[0] > 0 and box.empty_suppression == 1
