@@ -40,12 +40,12 @@ def epoch_of(path):
 
 @pytest.mark.parametrize("ema", ["0", "0.9"])  # with an average, validation reads the restored average
 def test_sigkill_then_resume_matches_uninterrupted(data, tmp_path, ema):
+    run = ("--epochs=3", f"--ema_decay={ema}")
     full = tmp_path / "full"
-    subprocess.run(train_cmd(*args(data, full, "--epochs=3", f"--ema_decay={ema}")), check=True, cwd=REPO,
-                   capture_output=True)
+    subprocess.run(train_cmd(*args(data, full, *run)), check=True, cwd=REPO, capture_output=True)
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(train_cmd(*args(data, cut, "--epochs=3", f"--ema_decay={ema}")), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(train_cmd(*args(data, cut, *run)), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     last = cut / "ck" / "last.pth"
     deadline = time.time() + 300
     while epoch_of(last) < 1 and proc.poll() is None and time.time() < deadline:
@@ -53,8 +53,7 @@ def test_sigkill_then_resume_matches_uninterrupted(data, tmp_path, ema):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert epoch_of(last) == 1, "the kill should land during epoch 3 (two epochs done)"
-    subprocess.run(train_cmd(*args(data, cut, "--epochs=3", f"--ema_decay={ema}", "--resume")), check=True, cwd=REPO,
-                   capture_output=True)
+    subprocess.run(train_cmd(*args(data, cut, *run, "--resume")), check=True, cwd=REPO, capture_output=True)
     a = torch.load(full / "ck" / "last.pth", weights_only=True)["history"]
     b = torch.load(last, weights_only=True)["history"]
     assert [h["epoch"] for h in b] == [1, 2, 3]
