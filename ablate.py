@@ -125,14 +125,19 @@ def split_settings(split: str, scale: float, seed: int, passthrough=()):
     return str(root), HARD_TRAIN, HARD_TEST, []
 
 
+def method_flags(method, passthrough):
+    """Every method on the SPEC recipe (empty x 0.01 and 64 px included, so the report's runs keep their meaning
+    now that the defaults differ); the method's flags and then the grid's own override it."""
+    return ["--method=original", "--empty_suppression=0.01", "--img_size=64"] + METHODS[method] + list(passthrough)
+
+
 def run_one(split, method, seed, args, data_root, train_nums, test_nums, extra):
     tag = f"{split}/{method}_s{seed}"
     out = os.path.join(args["out_dir"], tag)
     common = [f"--checkpoint_dir={out}", f"--results_dir={out}", f"--train_classes={','.join(map(str, train_nums))}",
               f"--synth_scale={args['synth_scale']}", f"--seed={seed}"]
     common += [f"--data_root={data_root}"] if data_root else []
-    # every method on the SPEC recipe (empty x 0.01 included, so the report's runs keep their meaning)
-    flags = ["--method=original", "--empty_suppression=0.01"] + METHODS[method] + args["passthrough"]
+    flags = method_flags(method, args["passthrough"])
     # composition and --glyph_mix leave out the test numbers; the other scored ones too, on any data, unless the
     # method lets them be composed: those are then scored apart, as 'composed', not as unseen
     allowed = set(config.load(flags)[0].compose_allow)
@@ -262,7 +267,7 @@ def make_trunks(methods, passthrough):
     """Make here, once, every glyph-pretrained trunk the runs will look for (train.glyph_init): parallel runs
     would otherwise each spend minutes pretraining the same trunk. Each run then finds it in the cache."""
     for m in sorted(methods):
-        cfg = config.load(["--method=original"] + METHODS[m] + list(passthrough))[0]
+        cfg = config.load(method_flags(m, passthrough))[0]
         if cfg.backbone_init == "auto" and cfg.pretrained and not os.path.exists(pretrain.weights_path(cfg)):
             train.build_model(cfg, torch.device("cpu"))  # tries ImageNet weights first, as a run does
 

@@ -13,8 +13,8 @@ never rendered, and the cached trunk's file name records that set.
 The fonts are matplotlib's, but none of the font files `synth.py` prints jersey numbers with, so the
 embedded data does not share glyph shapes with the pretraining images.
 
-    python pretrain.py --backbone=cnn       # writes data/cache/glyph_cnn_64px_1500steps_20000img.pth
-    python pretrain.py --pretrain_steps=3000 --img_size=96 --out_path=trunk.pth
+    python pretrain.py --backbone=cnn       # writes data/cache/glyph_cnn_96px_1500steps_20000img.pth
+    python pretrain.py --pretrain_steps=3000 --img_size=64 --out_path=trunk.pth
 train.py uses it when --backbone_init=auto (default) and ImageNet weights cannot be had.
 An interrupted run continues from <out>.partial, written every SAVE_EVERY steps, when started again.
 """

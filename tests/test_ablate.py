@@ -146,3 +146,12 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as f:  # a zombie has exited; only its parent has not reaped it
         return f.read().split()[2] != "Z"
+
+
+def test_grid_methods_keep_the_recipe_they_were_measured_with_unless_the_grid_says_otherwise():
+    # the report's runs were made at 64 px with empty x 0.01: a later change of the defaults must not move them
+    box = config.load(ablate.method_flags("box_suppress_1", []), env_file="/nonexistent")[0]
+    assert (box.img_size, box.empty_suppression, box.crop) == (64, 1.0, config.TORSO_CROP)
+    assert config.load(ablate.method_flags("original", []), env_file="/nonexistent")[0].empty_suppression == 0.01
+    wide = config.load(ablate.method_flags("box_suppress_1", ["--img_size=96"]), env_file="/nonexistent")[0]
+    assert wide.img_size == 96

@@ -78,15 +78,17 @@ def test_method_preset_respects_explicit_fields():
         with pytest.raises(config.ConfigError, match="empty_suppression must be > 0 or auto"):
             config.load([f"--empty_suppression={bad}"], env_file="/nonexistent")
     cfg, _ = config.load(["--method=ctc"], env_file="/nonexistent")
-    assert cfg.head == "ctc" and cfg.mixup_prob == 0.0
+    assert cfg.head == "ctc" and cfg.mixup_prob == 0.0 and cfg.img_size == 64  # measured at 64 px (report 6.6)
     cfg, _ = config.load(["--method=ctc", "--mixup_prob=0.5"], env_file="/nonexistent")
     assert cfg.mixup_prob == 0.5
     # the default reads the torso band; the SPEC recipe (whole frame) is one flag away; a user's crop wins
     cfg, _ = config.load([], env_file="/nonexistent")
     assert cfg.method == "torso" and cfg.crop == config.TORSO_CROP and cfg.crop is not config.TORSO_CROP
-    assert cfg.empty_suppression == 1.0  # no extra suppression (report 6.17)
+    assert cfg.empty_suppression == 1.0 and cfg.img_size == 96  # no extra suppression (6.17), 96 px (6.31)
     cfg, _ = config.load(["--method=original"], env_file="/nonexistent")
     assert cfg.crop == [0.0, 0.0, 1.0, 1.0] and cfg.empty_suppression == 0.01  # the SPEC recipe, one flag away
+    assert cfg.img_size == 64
+    assert config.load(["--method=original", "--img_size=96"], env_file="/nonexistent")[0].img_size == 96
     cfg, _ = config.load(["--crop=0,0,1,1"], env_file="/nonexistent")
     assert cfg.method == "torso" and cfg.crop == [0.0, 0.0, 1.0, 1.0]
     cfg, _ = config.load(["--method=original", "--crop=0,0.1,1,0.6"], env_file="/nonexistent")
