@@ -555,6 +555,45 @@ def load_data(cfg, rank):
     return samples, store, skipped
 
 
+def log_digit_coverage(cfg) -> None:
+    """Whether each test number's digits occur in training at their place: the research question's premise."""
+    seen = lambda ok: "seen" if ok else "NEVER SEEN"  # noqa: E731
+    for n, cov in cfg.digit_coverage().items():
+        log.info("test number %d: tens digit %d %s in training, units digit %d %s", n, cov["tens"] % 10,
+                 seen(cov["tens_seen"]), cov["units"], seen(cov["units_seen"]))
+
+
+def early_stopping(stopper: dict, val_loss: float, min_delta: float) -> dict:
+    """The patience counter after one epoch: reset by a validation loss at least min_delta below the best."""
+    if val_loss < stopper["best_loss"] - min_delta:
+        return {"best_loss": val_loss, "bad_epochs": 0}
+    return {**stopper, "bad_epochs": stopper["bad_epochs"] + 1}
+
+
+def should_stop(stopper: dict, cfg, epoch: int, lr: float) -> bool:
+    if stopper["bad_epochs"] < cfg.patience:
+        return False
+    log.info("early stopping: validation loss has not improved for %d epochs", cfg.patience)
+    if lr > 0.1 * cfg.lr:  # report 6.28: a long cosine schedule cut off before its rate came down
+        log.warning("stopped at epoch %d of %d with the learning rate still %.0f%% of its peak; "
+                    "raise --patience to run the schedule out", epoch + 1, cfg.epochs, 100 * lr / cfg.lr)
+    return True
+
+
+def tune_thresholds(res, cfg, extras: dict) -> None:
+    """Decoding thresholds from this epoch's validation pass, so each checkpoint carries its own weights' values."""
+    if cfg.split_views > 0 and "split_threshold" not in getattr(cfg, "_explicit", ()):
+        import evaluate  # evaluate imports this module
+        cfg.split_threshold = evaluate.tune_split_threshold(res)  # stored in the checkpoint's config
+    extras["uncertain_threshold"] = uncertain_threshold(res, cfg)
+
+
+def save_checkpoints(state: dict, ckpt_dir: str, improved: bool) -> None:
+    utils.atomic_save(state, os.path.join(ckpt_dir, "last.pth"))  # every epoch: --resume continues from here
+    if improved:
+        utils.atomic_save(state, os.path.join(ckpt_dir, "best_model.pth"))
+
+
 def main(argv=None):
     cfg, extra = config.load(argv, extras={"resume": ""})
     rank, world = init_distributed(cfg)
@@ -571,10 +610,7 @@ def main(argv=None):
     train_samples, val_samples = dataset.train_val(samples, cfg)
     log.info("%d training / %d validation sub-tracklets of numbers %s", len(train_samples), len(val_samples),
              cfg.train_classes)
-    for n, cov in cfg.digit_coverage().items():
-        seen = lambda ok: "seen" if ok else "NEVER SEEN"  # noqa: E731
-        log.info("test number %d: tens digit %d %s in training, units digit %d %s", n, cov["tens"] % 10,
-                 seen(cov["tens_seen"]), cov["units"], seen(cov["units_seen"]))
+    log_digit_coverage(cfg)
     train_loader, val_loader = make_loaders(cfg, train_samples, val_samples, store, device, rank, world)
 
     model = build_model(cfg, device, rank)
@@ -621,17 +657,11 @@ def main(argv=None):
                 utils.atomic_save(tr["indices"], os.path.join(cfg.log_dir, run_name, f"rank{rank}_samples.json"))
             improved = m["acc"] > best_acc
             best_acc = max(best_acc, m["acc"])
-            if res["loss"] < stopper["best_loss"] - cfg.min_delta:
-                stopper = {"best_loss": res["loss"], "bad_epochs": 0}
-            else:
-                stopper["bad_epochs"] += 1
+            stopper = early_stopping(stopper, res["loss"], cfg.min_delta)
             log.info("epoch %d/%d  train loss %.4f  val loss %.4f  val acc %.2f%% (tens %.2f, units %.2f)  %.0fs%s",
                      epoch + 1, cfg.epochs, tr["loss"], res["loss"], m["acc"], m["tens_acc"], m["units_acc"],
                      row["seconds"], "  *best*" if improved else "")
-            if cfg.split_views > 0 and "split_threshold" not in getattr(cfg, "_explicit", ()):
-                import evaluate  # evaluate imports this module
-                cfg.split_threshold = evaluate.tune_split_threshold(res)  # stored in the checkpoint's config
-            extras["uncertain_threshold"] = uncertain_threshold(res, cfg)  # each checkpoint: its own weights' value
+            tune_thresholds(res, cfg, extras)
             if improved:
                 best_threshold = extras["uncertain_threshold"]
             if rank == 0:
@@ -640,14 +670,8 @@ def main(argv=None):
                 state = checkpoint_state(model, optimizer, scheduler, scaler, cfg, epoch, best_acc, history, stopper,
                                          {**extras, "int8_ranges": int8_ranges(evaluated, calibration),
                                           **ema_state(ema)})
-                utils.atomic_save(state, os.path.join(ckpt_dir, "last.pth"))
-                if improved:
-                    utils.atomic_save(state, os.path.join(ckpt_dir, "best_model.pth"))
-            if stopper["bad_epochs"] >= cfg.patience:
-                log.info("early stopping: validation loss has not improved for %d epochs", cfg.patience)
-                if lr > 0.1 * cfg.lr:  # report 6.28: a long cosine schedule cut off before its rate came down
-                    log.warning("stopped at epoch %d of %d with the learning rate still %.0f%% of its peak; "
-                                "raise --patience to run the schedule out", epoch + 1, cfg.epochs, 100 * lr / cfg.lr)
+                save_checkpoints(state, ckpt_dir, improved)
+            if should_stop(stopper, cfg, epoch, lr):
                 break
     except KeyboardInterrupt:
         log.info("interrupted: checkpoints so far are kept; continue with python train.py --resume")

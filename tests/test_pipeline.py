@@ -48,6 +48,17 @@ def test_early_stopping_with_the_rate_still_high_says_so(run):
         assert "stopped at epoch 2 of 5 with the learning rate still 90% of its peak" in f.read()
 
 
+def test_early_stopping_counter_resets_only_on_a_real_improvement():
+    s = {"best_loss": float("inf"), "bad_epochs": 0}
+    s = train.early_stopping(s, 1.0, min_delta=0.001)
+    assert s == {"best_loss": 1.0, "bad_epochs": 0}
+    s = train.early_stopping(s, 0.9995, min_delta=0.001)  # better, but by less than min_delta: counts as bad
+    assert s == {"best_loss": 1.0, "bad_epochs": 1}
+    s = train.early_stopping(s, 1.2, min_delta=0.001)
+    assert s["bad_epochs"] == 2
+    assert train.early_stopping(s, 0.5, min_delta=0.001) == {"best_loss": 0.5, "bad_epochs": 0}
+
+
 def test_evaluate_json_and_plots(run):
     tmp, out, common, _, _ = run
     res_path = tmp / "eval.json"
