@@ -8,7 +8,9 @@ in many fonts, sizes, colours, positions and degradations onto cluttered backgro
 read them with a tens head (10 = empty) and a units head. By default (pretrain_pairs=0) every render is a
 single digit 0-9. With --pretrain_pairs=P, a share P are two-digit numbers, so the trunk also learns which
 digit stands left of which; numbers the repo scores as unseen (synth.EVALUATED_UNSEEN and test_classes) are
-never rendered, and the cached trunk's file name records that set.
+never rendered, and the cached trunk's file name records that set. The log then also says how many renders of
+those never-rendered two-digit numbers the glyph net reads (`glyph_unseen_acc` in the file): whether the trunk
+composes digits it only saw in other pairs, before any tracklet is involved.
 
 The fonts are matplotlib's, but none of the font files `synth.py` prints jersey numbers with, so the
 embedded data does not share glyph shapes with the pretraining images.
@@ -139,10 +141,10 @@ def _render_chunk(args):
 
 
 def make_bank(n: int, size: int, seed: int, workers: int = 0, pairs: float = 0.0,
-              exclude=(), min_size: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
-    """n rendered numbers (uint8 [n, size, size, 3]) and their labels (see `numbers`); the same bytes for any
-    worker count."""
-    labels = numbers(n, seed, pairs, exclude)
+              exclude=(), min_size: float = 0.3, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """n rendered numbers (uint8 [n, size, size, 3]) and their labels (see `numbers`, or the given `labels`);
+    the same bytes for any worker count."""
+    labels = numbers(n, seed, pairs, exclude) if labels is None else np.asarray(labels)
     chunks = [(seed, i, labels[i:i + 500], size, min_size) for i in range(0, n, 500)]
     workers = workers or min(len(chunks), os.cpu_count() or 1)
     with Pool(workers) if workers > 1 else nullcontext() as pool:
@@ -153,6 +155,16 @@ def make_bank(n: int, size: int, seed: int, workers: int = 0, pairs: float = 0.0
 
 def excluded(cfg) -> list[int]:
     return sorted(set(synth.EVALUATED_UNSEEN) | set(cfg.test_classes))
+
+
+def unseen_accuracy(net, cfg, device, dtype, n: int = 500) -> float | None:
+    """% of renders of the never-rendered two-digit numbers read right: whether the glyph net composes digits it
+    only saw in other pairs (None without pair renders, where there is nothing to compose from)."""
+    two = [k for k in excluded(cfg) if k >= 10]
+    if cfg.pretrain_pairs == 0 or not two:
+        return None
+    frames, labels = make_bank(n, cfg.img_size, SEED + 2, min_size=cfg.pretrain_min_size, labels=np.resize(two, n))
+    return accuracy(net, frames, labels, device, dtype)
 
 
 def weights_path(cfg) -> str:
@@ -263,12 +275,13 @@ def _pretrain(cfg, out):
         bar.set_postfix(loss=f"{run:.3f}")
         if (step + 1) % SAVE_EVERY == 0 and step + 1 < cfg.pretrain_steps:
             _save_partial(partial, key, state, step + 1, run)
-    acc = accuracy(net, val_frames, val_labels, device, dtype)
-    log.info("glyph accuracy: %.1f%% on training renders, %.1f%% on %d new ones",
-             accuracy(net, frames[:1000], labels[:1000], device, dtype), acc, len(val_labels))
+    acc, unseen = accuracy(net, val_frames, val_labels, device, dtype), unseen_accuracy(net, cfg, device, dtype)
+    log.info("glyph accuracy: %.1f%% on training renders, %.1f%% on %d new ones%s",
+             accuracy(net, frames[:1000], labels[:1000], device, dtype), acc, len(val_labels),
+             "" if unseen is None else f", {unseen:.1f}% on never-rendered two-digit numbers")
     utils.atomic_save({"trunk": {k: v.cpu() for k, v in body.state_dict().items()}, "backbone": cfg.backbone,
                        "img_size": cfg.img_size, "steps": cfg.pretrain_steps, "images": cfg.pretrain_images,
-                       "seed": SEED, "glyph_val_acc": acc, **bank}, out)
+                       "seed": SEED, "glyph_val_acc": acc, "glyph_unseen_acc": unseen, **bank}, out)
     if os.path.exists(partial):
         os.remove(partial)
     log.info("glyph pretraining: %d steps (%d this call) in %.0f s, held-out render accuracy %.1f%% -> %s",

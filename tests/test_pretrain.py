@@ -88,6 +88,7 @@ def test_cli_writes_a_cnn_trunk_where_asked(tmp_path):
                    f"--out_path={out}"])
     ck = torch.load(out, weights_only=True)
     assert ck["backbone"] == "cnn" and ck["steps"] == 2 and 0 <= ck["glyph_val_acc"] <= 100
+    assert ck["glyph_unseen_acc"] is None  # single digits only: nothing to compose
     net = model_lib.build(config.Config(backbone="cnn", lstm_hidden=8, head_hidden=8), pretrained=False,
                           init_path=str(out))
     assert torch.equal(net.backbone[0].weight, ck["trunk"]["0.weight"])
@@ -133,7 +134,32 @@ def test_pair_renders_never_hold_a_number_scored_as_unseen(tmp_path):
     cfg = tiny_cfg(tmp_path, pretrain_pairs=0.5, pretrain_images=30, test_classes=[57])
     ck = torch.load(pretrain.pretrain(cfg, str(tmp_path / "p.pth")), weights_only=True)
     assert ck["pairs"] == 0.5 and {57, 48, 64, 88, 13, 92} <= set(ck["exclude"])
+    assert 0 <= ck["glyph_unseen_acc"] <= 100
     # the cached trunk is keyed by what it was pretrained on
     paths = {pretrain.weights_path(c) for c in (cfg, tiny_cfg(tmp_path, pretrain_pairs=0.5), tiny_cfg(tmp_path),
                                                 tiny_cfg(tmp_path, pretrain_min_size=0.1))}
     assert len(paths) == 4
+
+
+class _Always(torch.nn.Module):
+    """A glyph net that answers `number` for every image."""
+
+    def __init__(self, number):
+        super().__init__()
+        self.number = number
+
+    def forward(self, x):
+        tens, units = torch.zeros(len(x), 11), torch.zeros(len(x), 10)
+        tens[:, self.number // 10], units[:, self.number % 10] = 1, 1
+        return tens, units
+
+
+def test_unseen_accuracy_scores_renders_of_the_never_rendered_pairs_only(tmp_path):
+    cfg = tiny_cfg(tmp_path, pretrain_pairs=0.5, test_classes=[57])
+    two = [k for k in pretrain.excluded(cfg) if k >= 10]
+    assert 57 in two and 48 in two
+    args = (cfg, torch.device("cpu"), torch.float32)
+    # each never-rendered number holds the same share of the renders; one seen in pretraining holds none
+    assert pretrain.unseen_accuracy(_Always(57), *args, n=2 * len(two)) == pytest.approx(100 / len(two))
+    assert pretrain.unseen_accuracy(_Always(49), *args, n=2 * len(two)) == 0
+    assert pretrain.unseen_accuracy(_Always(57), tiny_cfg(tmp_path), *args[1:]) is None  # no pairs, nothing to compose
