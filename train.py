@@ -23,6 +23,7 @@ from tqdm import tqdm
 import config
 import dataset
 import model as model_lib
+import ocr
 import plots
 import pretrain
 import utils
@@ -164,10 +165,12 @@ def loss_numbers(cfg, train_numbers, glyphs) -> list[int]:
 
 def prepare_batch(batch, cfg, device, train: bool, glyphs=None):
     """uint8 frames -> normalised float input (+ digit swaps, composition, rendered numbers and augmentation in
-    training)."""
-    x = dataset.to_input(batch["frames"], device)
+    training); cached trunk maps (float16, ocr.MapStore) go in as they are."""
     mask = batch["mask"].to(device)
     tens, units, number = (batch[k].to(device) for k in ("tens", "units", "number"))
+    if batch["frames"].dtype == torch.float16:
+        return batch["frames"].to(device).float(), mask, tens, units, number
+    x = dataset.to_input(batch["frames"], device)
     if train:
         if cfg.swap_digits > 0:
             x, tens, units, number = dataset.swap_digits(x, tens, units, number, cfg.swap_digits, never_synthesised(cfg))
@@ -428,6 +431,9 @@ def log_tensorboard_media(writer, model, val_loader, res, cfg, device, dtype, st
     and the validation confusion matrix, as figures. The same tracklets every epoch, so changes are visible."""
     if writer is None or len(res["number"]) == 0:
         return
+    writer.add_figure("Validation/confusion_matrix", plots.confusion_figure(res["number"], res["p_num"].argmax(1)), step)
+    if not isinstance(val_loader.dataset.store, dataset.FrameStore):  # cached trunk maps: no pictures to show
+        return
     ds = val_loader.dataset
     with torch.random.fork_rng(devices=[]):  # sampling frames for a picture must not shift training's RNG
         batch = dataset.collate([ds[i] for i in showcase(ds.samples, k)])
@@ -437,7 +443,6 @@ def log_tensorboard_media(writer, model, val_loader, res, cfg, device, dtype, st
     out = {key: v.cpu() for key, v in out.items()}
     writer.add_figure("Validation/tracklets", plots.tracklet_figure(batch["frames"], batch["number"], out), step)
     writer.add_figure("Validation/attention", plots.attention_figure(out["attention"], batch["number"]), step)
-    writer.add_figure("Validation/confusion_matrix", plots.confusion_figure(res["number"], res["p_num"].argmax(1)), step)
     writer.flush()
 
 
@@ -502,6 +507,17 @@ def glyph_init(cfg, rank: int, make: bool) -> str:
     return path if os.path.exists(path) else ""
 
 
+def param_groups(model, cfg) -> list[dict]:
+    """A text recognizer's own weights (its neck and digit classifier) learn at lr x pretrained_lr, so fine-tuning
+    on a few numbers moves them less than the new temporal model; everything else at lr."""
+    net = unwrap(model)
+    if not net.text:
+        return [{"params": list(model.parameters())}]
+    slow = {id(p) for p in net.backbone.parameters()}
+    return [{"params": [p for p in model.parameters() if id(p) in slow], "lr": cfg.lr * cfg.pretrained_lr},
+            {"params": [p for p in model.parameters() if id(p) not in slow]}]
+
+
 def build_model(cfg, device, rank=0):
     init_rng = torch.get_rng_state()
     model = model_lib.build(cfg, init_path=glyph_init(cfg, rank, make=False))
@@ -550,6 +566,8 @@ def load_data(cfg, rank):
     if rank > 0:
         dist.barrier()
     samples, store, skipped = utils.load_samples(cfg, cfg.train_classes)
+    if cfg.is_ocr() and cfg.finetune != "all":  # a frozen trunk's maps are computed once, not every epoch
+        store = ocr.MapStore(store, cfg.backbone, cfg.cache_dir)
     if rank == 0 and distributed():
         dist.barrier()
     return samples, store, skipped
@@ -616,7 +634,7 @@ def main(argv=None):
     model = build_model(cfg, device, rank)
     glyphs = glyph_bank(cfg)
     criterion = Criterion(cfg, loss_numbers(cfg, [s.number for s in train_samples], glyphs), device)
-    optimizer = utils.adamw(model.parameters(), device, cfg.lr, cfg.weight_decay)
+    optimizer = utils.adamw(param_groups(model, cfg), device, cfg.lr, cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ema = make_ema(cfg, model)
@@ -634,7 +652,8 @@ def main(argv=None):
     if writer is not None and start == 0:
         with torch.random.fork_rng(devices=[]):  # a picture of the graph must not shift training's RNG
             add_graph(writer, model, prepare_batch(next(iter(val_loader)), cfg, device, train=False)[0])
-    calibration = dataset.calibration_frames(train_samples, store)  # 256 frames for the INT8 ranges, fixed once
+    # 256 frames for the INT8 ranges, fixed once (the text trunk is not quantized by torch.ao)
+    calibration = None if cfg.is_ocr() else dataset.calibration_frames(train_samples, store)
     counts = np.bincount([s.number for s in train_samples], minlength=100)
     best_threshold = None
     extras = {"skipped": dict(skipped), "train_counts": {int(n): int(c) for n, c in enumerate(counts) if c},
@@ -668,7 +687,8 @@ def main(argv=None):
                 log_tensorboard(writer, row, lr)
                 log_tensorboard_media(writer, evaluated, val_loader, res, cfg, device, dtype, row["epoch"])
                 state = checkpoint_state(model, optimizer, scheduler, scaler, cfg, epoch, best_acc, history, stopper,
-                                         {**extras, "int8_ranges": int8_ranges(evaluated, calibration),
+                                         {**extras, "int8_ranges": None if calibration is None
+                                          else int8_ranges(evaluated, calibration),
                                           **ema_state(ema)})
                 save_checkpoints(state, ckpt_dir, improved)
             if should_stop(stopper, cfg, epoch, lr):

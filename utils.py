@@ -63,8 +63,13 @@ def autocast(device: torch.device, dtype):
 
 def adamw(params, device: torch.device, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
     """AdamW with the fused kernel where torch has one (CPU and CUDA): the default per-tensor loop costs ~4x
-    longer per step on CPU, 10-20% of a ResNet-18 training step here. Same update rule."""
-    params = [p for p in params if p.requires_grad]
+    longer per step on CPU, 10-20% of a ResNet-18 training step here. Same update rule. `params`: tensors, or
+    parameter groups (dicts, e.g. with their own lr); frozen tensors are left out either way."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+    else:
+        params = [p for p in params if p.requires_grad]
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
 
 
