@@ -8,20 +8,24 @@
     python evaluate.py --checkpoint ... --tune_blank         # ctc head: the blank penalty chosen on seen validation
     python evaluate.py --checkpoint ... --quantize           # the trunk in INT8 on the CPU (predict.py --quantize)
     python evaluate.py --checkpoint=a.pth,b.pth,c.pth       # an ensemble: the mean of their probabilities
+    python evaluate.py --zero_shot                          # no checkpoint: the text recognizer as shipped
 
 The model and data settings come from the checkpoint; any --field=value overrides them.
 """
 import os
+import sys
 from collections import Counter
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 import config
 import dataset
 import model as model_lib
+import ocr
 import plots
 import train
 import utils
@@ -267,25 +271,59 @@ def accuracy_by_height(samples, res, pred, edges=HEIGHT_EDGES) -> dict:
 # ---- temporal stability ----------------------------------------------------------------------------------
 
 class FrameModeDataset(dataset.TrackletDataset):
-    """'anchor': the anchor (or first) frame repeated; 'random_frame': one random frame repeated."""
+    """'anchor': the anchor (or first) frame repeated; 'random_frame': one random frame repeated; an int k: the
+    k-th of the frames the sequence reads, repeated (every frame read alone)."""
 
-    def __init__(self, *args, mode: str, **kw):
+    def __init__(self, *args, mode, **kw):
         super().__init__(*args, **kw)
         self.mode = mode
 
     def frame_indices(self, i):
         s = self.samples[i]
-        if self.mode == "anchor":
+        if isinstance(self.mode, int):
+            j = super().frame_indices(i)[self.mode]
+        elif self.mode == "anchor":
             j = s.anchor if s.anchor is not None else 0
         else:
             j = int(torch.randint(len(s.frames), (1,)))
         return [j] * self.seq_len
 
 
+def _stability_row(number, conf, truth) -> dict:
+    return {"accuracy": round(100.0 * (number == truth).float().mean().item(), 2),
+            "mean_confidence": round(conf.mean().item(), 4),
+            "confidence_variance": round(conf.var().item(), 6) if len(conf) > 1 else 0.0}
+
+
+def single_frames(model, samples, store, cfg, device, dtype, kw) -> dict:
+    """Every frame of the sequence read alone: 'best_frame' answers with the frame the model is surest of,
+    'frame_vote' with the answer most frames give (ties: the larger summed confidence)."""
+    probs, truth = [], None
+    for k in range(cfg.seq_len):
+        res = train.predict_loader(model, _loader(FrameModeDataset(samples, store, mode=k, **kw), cfg), device,
+                                   dtype, cfg, desc=f"stability frame {k + 1}")
+        probs.append(res["p_num"])
+        truth = res["number"]
+    (best, best_conf), (vote, vote_conf) = best_frame_and_vote(torch.stack(probs, 1))
+    return {"best_frame": _stability_row(best, best_conf, truth), "frame_vote": _stability_row(vote, vote_conf, truth)}
+
+
+def best_frame_and_vote(p):
+    """Per-frame probabilities [N, T, 100] -> ((answer of the surest frame, its confidence), (the answer most
+    frames give, ties to the larger summed confidence; the mean confidence of its frames))."""
+    conf, answer = p.max(2)
+    rows = torch.arange(len(p))
+    best = conf.argmax(1)
+    count = torch.zeros(len(p), 100).scatter_add_(1, answer, torch.ones_like(conf))
+    total = torch.zeros(len(p), 100).scatter_add_(1, answer, conf)
+    vote = (count + total / (conf.shape[1] + 1)).argmax(1)  # a summed confidence < 1 vote: it only breaks ties
+    return (answer[rows, best], conf[rows, best]), (vote, total[rows, vote] / count[rows, vote])
+
+
 def stability(model, samples, store, cfg, device, dtype, train_counts) -> dict:
     out = {}
+    kw = dict(seq_len=cfg.seq_len, strategy=cfg.eval_sampling, use_anchor=cfg.eval_anchor)
     for mode in ("sequence", "anchor", "random_frame"):
-        kw = dict(seq_len=cfg.seq_len, strategy=cfg.eval_sampling, use_anchor=cfg.eval_anchor)
         ds = dataset.TrackletDataset(samples, store, **kw) if mode == "sequence" else \
             FrameModeDataset(samples, store, mode=mode, **kw)
         res = train.predict_loader(model, _loader(ds, cfg), device, dtype, cfg, desc=f"stability {mode}")
@@ -293,7 +331,7 @@ def stability(model, samples, store, cfg, device, dtype, train_counts) -> dict:
         conf = decoded[cfg.rule][3]
         out[mode] = {"accuracy": metrics[cfg.rule]["accuracy"], "mean_confidence": round(conf.mean().item(), 4),
                      "confidence_variance": round(conf.var().item(), 6) if len(conf) > 1 else 0.0}
-    return out
+    return {**out, **single_frames(model, samples, store, cfg, device, dtype, kw)}
 
 
 def _loader(ds, cfg):
@@ -324,6 +362,56 @@ def score_not_visible(model, cfg, device, dtype, threshold: float) -> dict | Non
         out["abstained"] = int((res["p_num"].max(1).values < threshold).sum())
         out["accuracy"] = round(100.0 * out["abstained"] / len(samples), 2)
     return out
+
+
+# ---- the zero-shot baseline ------------------------------------------------------------------------------
+
+def zero_shot_reads(cfg, samples, store, anchor) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    """The shipped recognizer's vote (ocr.ZeroShot) on each tracklet, reading the views a trained reader of the
+    same config reads: (numbers, -1 where no view read one; the winner's share of the votes; the votes)."""
+    reader = ocr.ZeroShot(cfg.backbone)
+    ds = dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.eval_sampling, anchor)
+    utils.seed_everything(cfg.seed)
+    numbers, conf, votes = [], [], []
+    for batch in tqdm(_loader(ds, cfg), desc="zero-shot", leave=False, dynamic_ncols=True):
+        n, c, v = reader(batch["frames"].numpy())
+        numbers += n
+        conf += c
+        votes += v
+    return torch.tensor(numbers), torch.tensor(conf), votes
+
+
+def zero_shot_main(argv) -> dict:
+    """evaluate.py --zero_shot: no checkpoint, no training; the results JSON of a trained reader, rule 'vote'."""
+    cfg, extra = config.load(argv, extras={"zero_shot": True, "out": "", "split": "test"})
+    if not cfg.is_ocr():
+        raise config.ConfigError(f"--zero_shot reads with a text recognizer: --backbone must be one of "
+                                 f"{list(config.RECOGNIZERS)}, got {cfg.backbone!r}")
+    if extra["split"] not in SPLIT_FILES:
+        raise config.ConfigError(f"--split must be one of {', '.join(SPLIT_FILES)}")
+    samples, store, skipped, anchor = eval_samples(cfg, extra["split"])
+    pred, conf, votes = zero_shot_reads(cfg, samples, store, anchor)
+    true = torch.tensor([s.number for s in samples])
+    results = {
+        "accuracy": round(100.0 * (pred == true).float().mean().item(), 2), "rule": "zero_shot_vote",
+        "per_number": per_number(true, pred), "no_answer": int((pred < 0).sum()), "skipped": dict(skipped),
+        "split": extra["split"], "anchor_frames_used": anchor, "numbers": sorted(set(true.tolist())),
+        "num_tracklets": len(samples),
+        "zero_shot": {"recognizer": cfg.backbone, "package": config.RECOGNIZERS[cfg.backbone][3],
+                      "licence": config.RECOGNIZERS[cfg.backbone][4]},
+        "by_frame_height": accuracy_by_height(samples, {"number": true, "index": torch.arange(len(samples))}, pred),
+        "config": config.to_dict(cfg),
+        "predictions": [{"path": s.path, "true": s.number, "pred": int(p), "confidence": round(float(c), 4),
+                         "votes": {str(k): round(v, 4) for k, v in vo.items()}}
+                        for s, p, c, vo in zip(samples, pred, conf, votes)],
+    }
+    out = extra["out"] or os.path.join(cfg.results_dir, "zero_shot_" + SPLIT_FILES[extra["split"]])
+    utils.atomic_save(results, out)
+    log.info("zero-shot %s (%s): %.2f%% of %d tracklets, %d with no number read", cfg.backbone, extra["split"],
+             results["accuracy"], len(samples), results["no_answer"])
+    log.info("per number: %s", ", ".join(f"{n}: {v['correct']}/{v['total']}" for n, v in results["per_number"].items()))
+    log.info("wrote %s", out)
+    return results
 
 
 # ---- main ------------------------------------------------------------------------------------------------
@@ -428,6 +516,11 @@ def quantized(net, samples, store, picks=None, ranges=None):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a == "--zero_shot" or a.startswith("--zero_shot=") and a.split("=", 1)[1].lower() in config.TRUE_WORDS
+           for a in argv):
+        utils.setup_logging()
+        return zero_shot_main(argv)
     cfg, extra, ckpt, model = load_for_eval(argv, {"out": "", "stability": False, "split": "test", "tune_tau": False,
                                                    "tune_blank": False, "uncertain_below": -1.0, "quantize": False})
     utils.setup_logging()

@@ -3,6 +3,7 @@
     python predict.py --checkpoint checkpoints/best_model.pth INPUT [INPUT ...] [--out preds.json|preds.csv]
     python predict.py --checkpoint checkpoints/best_model.pth --export_onnx model.onnx [--quantize]
     python predict.py --checkpoint=a.pth,b.pth INPUT    # an ensemble: the mean of their probabilities (float only)
+    python predict.py --zero_shot INPUT [INPUT ...]     # no checkpoint: the text recognizer as shipped, views vote
 
 An INPUT is a tracklet folder of images, a folder of tracklet folders, a dataset root in the SPEC layout or a
 SoccerNet split folder (images/ + <split>_gt.json). With the last two the true numbers are known, so the output
@@ -47,11 +48,12 @@ import config
 import dataset
 import evaluate
 import model as model_lib
+import ocr
 import train
 import utils
 
 log = utils.log
-EXTRAS = {"out": "", "export_onnx": "", "quantize": "auto", "uncertain_below": -1.0}
+EXTRAS = {"out": "", "export_onnx": "", "quantize": "auto", "uncertain_below": -1.0, "zero_shot": False}
 CHOICE_FLAGS = {"quantize"}  # flags whose value is optional: true/false/auto, never an INPUT
 CHOICE_WORDS = config.TRUE_WORDS + config.FALSE_WORDS + ("auto",)
 
@@ -280,7 +282,7 @@ ONNX_OUTPUTS = ["number_probs", "tens_probs", "units_probs", "attention"]
 def export_onnx(net, cfg, path: str) -> None:
     """ONNX with dynamic batch and sequence length (TorchScript exporter; the dynamo one needs onnxscript)."""
     view = OnnxView(net.cpu().eval()).eval()
-    example = torch.rand(2, cfg.seq_len, 3, cfg.img_size, cfg.img_size)
+    example = torch.rand(2, cfg.seq_len * cfg.views_per_frame(), 3, *cfg.frame_shape())
     axes = {"frames": {0: "batch", 1: "time"}, "attention": {0: "batch", 1: "time"},
             **{k: {0: "batch"} for k in ONNX_OUTPUTS[:3]}}
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -299,7 +301,7 @@ def onnx_max_diff(net, path: str, cfg, shapes=((3, 7), (1, 1))) -> float:
     view, worst = OnnxView(net.cpu().eval()).eval(), 0.0
     gen = torch.Generator().manual_seed(0)
     for b, t in shapes:
-        x = torch.rand(b, t, 3, cfg.img_size, cfg.img_size, generator=gen)
+        x = torch.rand(b, t, 3, *cfg.frame_shape(), generator=gen)
         with torch.inference_mode():
             ref = view(x)
         got = sess.run(ONNX_OUTPUTS, {"frames": x.numpy()})
@@ -361,12 +363,44 @@ def wants_int8(choice: str, ckpt: dict, device: torch.device) -> bool:
 
 # ---- main -----------------------------------------------------------------------------------------------
 
+def zero_shot(opts, inputs):
+    """predict.py --zero_shot: the shipped recognizer's vote over the views (ocr.ZeroShot); -1 = nothing read."""
+    cfg, extra = config.load(opts, extras=EXTRAS)
+    utils.setup_logging()
+    if not cfg.is_ocr():
+        raise config.ConfigError(f"--zero_shot reads with a text recognizer: --backbone must be one of "
+                                 f"{list(config.RECOGNIZERS)}, got {cfg.backbone!r}")
+    if not inputs:
+        raise config.ConfigError("no INPUT given: python predict.py --zero_shot FOLDER [FOLDER ...]")
+    samples, store, skipped = load_inputs(inputs, cfg)
+    picks = pick_frames(samples, cfg)
+    reader = ocr.ZeroShot(cfg.backbone)
+    preds = []
+    for batch in DataLoader(Picked(samples, store, picks), batch_size=cfg.batch_size, collate_fn=dataset.collate):
+        for i, n, c, v in zip(batch["index"].tolist(), *reader(batch["frames"].numpy())):
+            s = samples[i]
+            preds.append({"tracklet": s.path, "prediction": n, "confidence": round(c, 4), "uncertain": n < 0,
+                          "votes": {str(k): round(x, 4) for k, x in v.items()},
+                          "frames": [os.path.basename(s.frames[j]) for j in picks[i]],
+                          **({"true": s.number} if s.number is not None else {})})
+    meta = {"zero_shot": cfg.backbone, "package": config.RECOGNIZERS[cfg.backbone][3], "skipped": dict(skipped),
+            "uncertain_below": 0.0, **summary(preds)}
+    out = extra["out"] or os.path.join(cfg.results_dir, "predictions.json")
+    if out.lower().endswith(".csv"):
+        raise config.ConfigError("--zero_shot writes JSON (its rows hold no digit probabilities for the CSV)")
+    utils.atomic_save({**meta, "predictions": preds}, out)
+    report(preds, meta, out)
+    return preds, meta
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
         print(__doc__)
         raise SystemExit(0)
     opts, inputs = split_argv(argv)
+    if config.load(opts, extras=EXTRAS)[1]["zero_shot"]:
+        return zero_shot(opts, inputs)
     cfg, extra, ckpt, net = evaluate.load_for_eval(opts, EXTRAS)
     utils.setup_logging()
     cfg.max_steps = 0  # a smoke-test checkpoint's step limit must not drop tracklets here

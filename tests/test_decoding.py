@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import config
@@ -117,3 +118,12 @@ def test_accuracy_by_height(tmp_path):
     assert out["<48"] == {"total": 1, "correct": 0, "accuracy": 0.0}
     assert out["64-79"] == {"total": 2, "correct": 2, "accuracy": 100.0}
     assert out[">=128"]["correct"] == 1
+
+
+def test_best_frame_and_vote():
+    p = torch.zeros(2, 3, 100)
+    p[0, 0, 48], p[0, 1, 8], p[0, 2, 8] = 0.9, 0.6, 0.5    # surest frame says 48, two frames say 8
+    p[1, 0, 64], p[1, 1, 4], p[1, 2, 44] = 0.7, 0.8, 0.3   # one each: the summed confidence breaks the tie
+    (best, best_conf), (vote, vote_conf) = ev.best_frame_and_vote(p)
+    assert best.tolist() == [48, 4] and best_conf.tolist() == pytest.approx([0.9, 0.8])
+    assert vote.tolist() == [8, 4] and vote_conf.tolist() == pytest.approx([0.55, 0.8])

@@ -68,7 +68,8 @@ def test_evaluate_json_and_plots(run):
     assert {"accuracy", "per_number", "rules", "skipped", "config", "predictions", "stability"} <= set(res)
     assert set(res["rules"]) == set(evaluate.RULES) and set(res["per_number"]) == {"48", "64"}
     assert sum(v["total"] for v in res["per_number"].values()) == len(res["predictions"]) == 6
-    assert res["anchor_frames_used"] is False and set(res["stability"]) == {"sequence", "anchor", "random_frame"}
+    assert res["anchor_frames_used"] is False and set(res["stability"]) == {"sequence", "anchor", "random_frame",
+                                                                           "best_frame", "frame_vote"}
     assert res["config"]["data_root"] and res["digit_coverage"]["48"]["tens_seen"] is True
     for p in ("confusion_matrices/confusion_matrices.png", "per_class_accuracy.png"):
         assert os.path.getsize(os.path.join(out["results"], p)) > 1000

@@ -1,0 +1,69 @@
+"""The pretrained-recognizer reader end to end on a tiny generated set: train (trunk maps cached), evaluate,
+predict, and the zero-shot baseline through evaluate.py and predict.py."""
+import json
+import os
+
+import pytest
+import torch
+
+import config
+import evaluate
+import predict
+import synth
+import train
+import utils
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reader")
+    root = synth.generate(tmp / "data", counts={4: 6, 6: 6, 49: 6, 48: 3, 64: 3}, seed=0, workers=1, progress=False)
+    out = {k: str(tmp / k) for k in ("checkpoints", "results", "logs", "cache")}
+    common = [f"--data_root={root}", f"--results_dir={out['results']}", f"--cache_dir={out['cache']}",
+              "--method=reader", "--line_width=48", "--bands=2", "--batch_size=4", "--seq_len=3",
+              "--train_classes=4,6,49", "--test_classes=48,64", "--val_split=0.34"]
+    best, history = train.main(common + [f"--checkpoint_dir={out['checkpoints']}", f"--log_dir={out['logs']}",
+                                         "--epochs=2", "--run_name=r"])
+    return tmp, root, out, common, best, history
+
+
+def test_reader_trains_on_cached_trunk_maps_and_keeps_the_trunk(run):
+    tmp, _, out, _, best, history = run
+    assert len(history) == 2 and 0 <= best <= 100
+    assert [f for f in os.listdir(out["cache"]) if f.startswith("maps_ppocr_v4_")]  # the frozen trunk's maps
+    ck = utils.load_checkpoint(os.path.join(out["checkpoints"], "best_model.pth"))
+    assert ck["config"]["backbone"] == "ppocr_v4" and ck["config"]["finetune"] == "neck"
+    net, _ = utils.model_from_checkpoint(ck)
+    fresh = train.model_lib.build(config.from_dict(ck["config"])).backbone
+    stem, neck = dict(fresh.stem.named_parameters()), dict(fresh.neck.named_parameters())
+    assert stem and all(torch.equal(p, stem[k]) for k, p in net.backbone.stem.named_parameters())  # frozen
+    assert any(not torch.equal(p, neck[k]) for k, p in net.backbone.neck.named_parameters())  # fine-tuned
+
+
+def test_evaluate_reads_held_out_numbers_from_images(run):
+    tmp, _, out, common, _, _ = run
+    res = evaluate.main(common + [f"--checkpoint={out['checkpoints']}/best_model.pth",
+                                  f"--out={tmp}/eval.json"])
+    assert res["num_tracklets"] == 6 and res["numbers"] == [48, 64] and 0 <= res["accuracy"] <= 100
+    assert len(res["predictions"]) == 6 and all(0 <= p["pred"] <= 99 for p in res["predictions"])
+
+
+def test_zero_shot_baseline_in_evaluate_and_predict(run):
+    tmp, root, out, common, _, _ = run
+    res = evaluate.main(common + ["--zero_shot", f"--out={tmp}/zs.json"])
+    with open(tmp / "zs.json") as f:
+        saved = json.load(f)
+    assert saved["rule"] == "zero_shot_vote" and saved["num_tracklets"] == 6 == len(saved["predictions"])
+    assert saved["zero_shot"]["package"] == "rapidocr_onnxruntime==1.4.4"
+    assert saved["accuracy"] == res["accuracy"] and 0 <= saved["no_answer"] <= 6
+    preds, meta = predict.main(["--zero_shot", "--method=reader", "--line_width=48", "--bands=2", "--seq_len=3",
+                                str(root), "--out", str(tmp / "zs_pred.json")])
+    assert meta["num_tracklets"] == 24 == meta["labelled"] and meta["zero_shot"] == "ppocr_v4"
+    assert all((p["prediction"] == -1) == p["uncertain"] and len(p["frames"]) == 3 for p in preds)
+    assert {p["true"] for p in preds} == {4, 6, 49, 48, 64}
+
+
+def test_zero_shot_needs_a_text_recognizer(run):
+    _, _, _, common, _, _ = run
+    with pytest.raises(SystemExit, match="--zero_shot reads with a text recognizer"):
+        evaluate.main(common + ["--zero_shot", "--method=torso"])
