@@ -20,6 +20,11 @@ Measured (sequences per second unless noted):
   infer_reference        from image files, PIL per frame, float32, batch 64
   infer_decode           decoding alone, as predict.py does it (the part of infer_end_to_end that is not the model)
   latency_ms_batch1[_float]  one tracklet, model only
+  reader_infer_end_to_end  the pretrained-recognizer reader (--method=reader) from image files, as predict.py
+                         reads them: its views decoded, the frozen trunk in onnxruntime on a CPU, the rest in torch
+  zero_shot_end_to_end   its baseline (evaluate.py / predict.py --zero_shot): the same views, the shipped recognizer
+                         in onnxruntime, greedy decoding and the vote
+  reader_train_on_maps   the reader's training step on cached trunk maps (train.py, --finetune=neck)
 Every rate is the best of several timed blocks after a warm-up, ours and the reference alike. The paths a
 ratio compares are timed in 5 interleaved rounds (model-bound, ours, reference, model-bound, ...), so that a slow
 spell of a shared machine falls on both sides of the ratio, not on one.
@@ -29,6 +34,7 @@ import itertools
 import os
 import platform
 import resource
+import sys
 import time
 from collections import Counter
 
@@ -41,6 +47,7 @@ import config
 import dataset
 import evaluate
 import model as model_lib
+import ocr
 import predict
 import train
 import utils
@@ -118,15 +125,15 @@ def model_bound_train(cfg, device, dtype, block):
     B = cfg.batch_size
     number = torch.tensor(cfg.train_classes, device=device)[torch.randint(0, len(cfg.train_classes), (B,))]
     tens, units = (torch.tensor(v, device=device) for v in zip(*map(dataset.decompose, number.tolist())))
-    batch = (torch.randn(B, cfg.seq_len, 3, cfg.img_size, cfg.img_size, device=device),
-             torch.ones(B, cfg.seq_len, dtype=torch.bool, device=device), tens, units, number)
+    batch = (torch.randn(B, cfg.seq_len * cfg.views_per_frame(), 3, *cfg.frame_shape(), device=device),
+             torch.ones(B, cfg.seq_len * cfg.views_per_frame(), dtype=torch.bool, device=device), tens, units, number)
     return repeat(lambda: train.train_step(net, crit, opt, scaler, batch, cfg, device, dtype), B, block)
 
 
 def model_bound_infer(net, cfg, device, dtype, steps):
     """`net` (an inference_model) at batch 64 on in-memory tensors (a block of calls), and the latency of one
     tracklet (ms)."""
-    x = torch.randn(64, cfg.seq_len, 3, cfg.img_size, cfg.img_size, device=device)
+    x = torch.randn(64, cfg.seq_len * cfg.views_per_frame(), 3, *cfg.frame_shape(), device=device)
     with torch.inference_mode(), utils.autocast(device, dtype):
         latency = 1000.0 / rate(lambda: net(x[:1]), 1, steps)
 
@@ -217,7 +224,7 @@ def end_to_end_infer(net, cfg, samples, device, dtype, reference: bool = False):
     """From image files to numbers for every sample with `net` (an inference_model), as a long-lived predictor:
     warmed up on the batch shapes it will see (first calls build the kernels). Returns a block doing one full
     pass."""
-    shape = (cfg.seq_len, 3, cfg.img_size, cfg.img_size)
+    shape = (cfg.seq_len * cfg.views_per_frame(), 3, *cfg.frame_shape())
     with torch.inference_mode(), utils.autocast(device, None if reference else dtype):
         for b in {64, len(samples) % 64} - {0}:
             net(torch.randn(b, *shape, device=device))
@@ -269,11 +276,64 @@ def decode_block(cfg, samples):
     return lambda: len(predict.decode_picked(samples, cfg, Counter())[0])
 
 
+def reader_blocks(cfg, samples, device, dtype, steps) -> tuple[dict, dict]:
+    """The pretrained-recognizer reader (--method=reader) beside its zero-shot baseline, each from image files as
+    predict.py reads them (decode the views of the frames read, then the model / the shipped recognizer's
+    vote, batch 64), and the reader's training step on cached trunk maps (train.py with --finetune=neck)."""
+    net = model_lib.build(cfg).to(device).eval()
+    zero_shot = ocr.ZeroShot(cfg.backbone)
+
+    def ours(batch):
+        with torch.inference_mode(), utils.autocast(device, dtype):
+            net(train.prepare_batch(batch, cfg, device, train=False)[0])
+
+    def end_to_end(read):
+        def block():
+            picked, store = predict.decode_picked(samples, cfg, Counter())
+            for b in DataLoader(dataset.TrackletDataset(picked, store, cfg.seq_len, cfg.eval_sampling, False),
+                                batch_size=64, collate_fn=dataset.collate):
+                read(b)
+            return len(samples)
+        block()  # warm-up: kernels and the runtime's session
+        return block
+    views = cfg.seq_len * cfg.views_per_frame()
+    x = torch.randn(1, views, 3, *cfg.frame_shape(), device=device)
+    with torch.inference_mode(), utils.autocast(device, dtype):
+        latency = 1000.0 / rate(lambda: net(x), 1, steps)
+    train_net = model_lib.build(cfg).to(device).train()
+    opt = utils.adamw(train.param_groups(train_net, cfg), device, cfg.lr)
+    crit = train.Criterion(cfg, cfg.train_classes, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    B, c = cfg.batch_size, train_net.backbone.channels
+    number = torch.tensor(cfg.train_classes, device=device)[torch.randint(0, len(cfg.train_classes), (B,))]
+    maps = torch.randn(B, views, c, 1, cfg.line_width // 8, device=device)
+    batch = (maps, torch.ones(B, views, dtype=torch.bool, device=device), None, None, number)
+    total, trainable = model_lib.count_parameters(train_net)
+    blocks = {"reader_infer_end_to_end": end_to_end(ours),
+              "zero_shot_end_to_end": end_to_end(lambda b: zero_shot(b["frames"].numpy())),
+              "reader_train_on_maps": repeat(lambda: train.train_step(train_net, crit, opt, scaler, batch, cfg,
+                                                                      device, dtype), B, max(1, steps // 2))}
+    return blocks, {"reader_latency_ms_batch1": latency, "reader_params_m": total / 1e6,
+                    "reader_trainable_m": trainable / 1e6, "reader_views_per_tracklet": views}
+
+
+def configs(argv) -> tuple:
+    """The from-scratch reader the speed work was measured on (the user's --method unless it is a text
+    recognizer's, else torso) and the pretrained-recognizer reader (the user's if it is one, else reader)."""
+    extras = {"bench_steps": 12, "bench_scale": 0.03, "out": ""}
+    cfg, extra = config.load(argv, extras=extras)
+    rest = [a for a in argv if not a.startswith("--method")]
+    other = config.load(rest + ["--method=" + ("torso" if cfg.is_ocr() else "reader")], extras=extras)[0]
+    return (other, cfg, extra) if cfg.is_ocr() else (cfg, other, extra)
+
+
 def main(argv=None):
-    cfg, extra = config.load(argv, extras={"bench_steps": 12, "bench_scale": 0.03, "out": ""})
+    argv = sys.argv[1:] if argv is None else argv
+    cfg, rcfg, extra = configs(argv)
     utils.setup_logging()
     utils.seed_everything(cfg.seed)
-    cfg.synth_scale, cfg.pretrained = extra["bench_scale"], False
+    cfg.synth_scale = rcfg.synth_scale = extra["bench_scale"]
+    cfg.pretrained = False
     device = utils.device_of(cfg)
     dtype = utils.amp_dtype(device, cfg.amp)
     steps = extra["bench_steps"]
@@ -295,6 +355,9 @@ def main(argv=None):
               "train_end_to_end": end_to_end_train(cfg, samples, store, device, dtype, block, False),
               "train_reference": end_to_end_train(cfg, samples, store, device, None, block, True)}
     r.update(rates(blocks))
+    blocks, facts = reader_blocks(rcfg, samples, device, dtype, steps)
+    r.update(facts)
+    r.update(rates(blocks))
     r["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     r["ratios"] = {
         "train_end_to_end_vs_reference": r["train_end_to_end_seq_per_s"] / r["train_reference_seq_per_s"],
@@ -305,6 +368,7 @@ def main(argv=None):
         "infer_serial_bound_vs_reference": 1 / (1 / r["infer_model_bound_seq_per_s"] + 1 / r["infer_decode_seq_per_s"])
         / r["infer_reference_seq_per_s"],
         "pipeline_vs_naive": r["pipeline_seq_per_s"] / r["pipeline_naive_seq_per_s"],
+        "reader_vs_zero_shot": r["reader_infer_end_to_end_seq_per_s"] / r["zero_shot_end_to_end_seq_per_s"],
     }
     if "infer_end_to_end_float_seq_per_s" in r:
         r["ratios"]["infer_end_to_end_float_vs_reference"] = \

@@ -6,7 +6,8 @@ KEYS = ("train_model_bound_seq_per_s", "train_end_to_end_seq_per_s", "pipeline_s
         "infer_model_bound_seq_per_s", "infer_end_to_end_seq_per_s", "latency_ms_batch1", "peak_rss_mb",
         "train_reference_seq_per_s", "infer_reference_seq_per_s", "infer_decode_seq_per_s",
         "infer_end_to_end_float_seq_per_s", "infer_model_bound_float_seq_per_s", "latency_ms_batch1_float",
-        "int8_build_s")
+        "int8_build_s", "reader_infer_end_to_end_seq_per_s", "zero_shot_end_to_end_seq_per_s",
+        "reader_train_on_maps_seq_per_s", "reader_latency_ms_batch1", "reader_params_m", "reader_trainable_m")
 
 
 def test_bench_writes_every_key(tmp_path):
@@ -20,7 +21,7 @@ def test_bench_writes_every_key(tmp_path):
     assert set(saved["ratios"]) == {"train_end_to_end_vs_reference", "train_end_to_end_vs_model_bound",
                                     "infer_end_to_end_vs_reference", "pipeline_vs_naive",
                                     "infer_end_to_end_vs_model_bound", "infer_serial_bound_vs_reference",
-                                    "infer_end_to_end_float_vs_reference"}
+                                    "infer_end_to_end_float_vs_reference", "reader_vs_zero_shot"}
     assert saved["infer_path"] == "int8"  # predict.py's default on this CPU: the INT8 trunk (float beside it)
     assert saved["torch"] and saved["threads"] >= 1
     assert (tmp_path / "synth_samples.png").stat().st_size > 1000  # generated data comes with a contact sheet
