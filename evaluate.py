@@ -383,7 +383,8 @@ def zero_shot_reads(cfg, samples, store, anchor) -> tuple[torch.Tensor, torch.Te
 
 def zero_shot_main(argv) -> dict:
     """evaluate.py --zero_shot: no checkpoint, no training; the results JSON of a trained reader, rule 'vote'."""
-    cfg, extra = config.load(argv, extras={"zero_shot": True, "out": "", "split": "test"})
+    # the reader preset's views unless the command line names another method
+    cfg, extra = config.load(["--method=reader", *argv], extras={"zero_shot": True, "out": "", "split": "test"})
     if not cfg.is_ocr():
         raise config.ConfigError(f"--zero_shot reads with a text recognizer: --backbone must be one of "
                                  f"{list(config.RECOGNIZERS)}, got {cfg.backbone!r}")

@@ -56,7 +56,7 @@ def test_zero_shot_baseline_in_evaluate_and_predict(run):
     assert saved["rule"] == "zero_shot_vote" and saved["num_tracklets"] == 6 == len(saved["predictions"])
     assert saved["zero_shot"]["package"] == "rapidocr_onnxruntime==1.4.4"
     assert saved["accuracy"] == res["accuracy"] and 0 <= saved["no_answer"] <= 6
-    preds, meta = predict.main(["--zero_shot", "--method=reader", "--line_width=48", "--bands=2", "--seq_len=3",
+    preds, meta = predict.main(["--zero_shot", "--line_width=48", "--bands=2", "--seq_len=3",
                                 str(root), "--out", str(tmp / "zs_pred.json")])
     assert meta["num_tracklets"] == 24 == meta["labelled"] and meta["zero_shot"] == "ppocr_v4"
     assert all((p["prediction"] == -1) == p["uncertain"] and len(p["frames"]) == 3 for p in preds)
