@@ -334,6 +334,17 @@ def _parse_value(name: str, typ, raw: str):
     return typ(raw)
 
 
+def flag_given(argv: list[str], name: str) -> bool:
+    """Whether argv turns the boolean flag --name on (bare, or =true/1/yes/on), before a full parse."""
+    on = False
+    for i, a in enumerate(argv):
+        if a == f"--{name}":
+            on = i + 1 == len(argv) or argv[i + 1].lower() not in FALSE_WORDS
+        elif a.startswith(f"--{name}="):
+            on = a.split("=", 1)[1].lower() in TRUE_WORDS
+    return on
+
+
 class ConfigError(SystemExit):
     """Raised with a readable message; scripts exit with it (no traceback)."""
 

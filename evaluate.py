@@ -518,8 +518,7 @@ def quantized(net, samples, store, picks=None, ranges=None):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if any(a == "--zero_shot" or a.startswith("--zero_shot=") and a.split("=", 1)[1].lower() in config.TRUE_WORDS
-           for a in argv):
+    if config.flag_given(argv, "zero_shot"):
         utils.setup_logging()
         return zero_shot_main(argv)
     cfg, extra, ckpt, model = load_for_eval(argv, {"out": "", "stability": False, "split": "test", "tune_tau": False,

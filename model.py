@@ -432,10 +432,13 @@ def build(cfg, pretrained: bool | None = None, init_path: str = "") -> JerseyTem
 
 def fused_for_inference(net: JerseyTemporalNet) -> JerseyTemporalNet:
     """An eval-mode copy with every conv + BatchNorm pair of the trunk folded into one conv (torch.fx):
-    one pass over memory less per layer, ~10% faster on CPU, the same outputs up to rounding. Never train it."""
+    one pass over memory less per layer, ~10% faster on CPU, the same outputs up to rounding. Never train it.
+    A text reader comes back as it is (its frozen trunk runs in onnxruntime on a CPU, TextTrunk.maps)."""
     from torch.fx.experimental.optimization import fuse
     if isinstance(net, Ensemble):
         return Ensemble([fused_for_inference(m) for m in net.members])
+    if net.text:
+        return net.eval()
     net = copy.deepcopy(net).eval()
     net.backbone = fuse(net.backbone)
     return net

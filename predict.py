@@ -201,12 +201,19 @@ def rows(res, samples, picks, threshold: float, cfg) -> list[dict]:
                "tens_probs": {**{str(d): round(float(res["p_tens"][k, d]), 4) for d in range(10)},
                               "empty": round(float(res["p_tens"][k, dataset.EMPTY]), 4)},
                "units_probs": {str(d): round(float(res["p_units"][k, d]), 4) for d in range(10)},
-               "frames": [os.path.basename(s.frames[j]) for j in picks[i]],
+               "frames": view_names(s, picks[i], len(res["attention"][k])),
                "attention": [round(float(w), 4) for w in res["attention"][k]]}
         if s.number is not None:
             row["true"] = s.number
         out.append(row)
     return out
+
+
+def view_names(sample, picks, n_views: int) -> list[str]:
+    """The file each attention weight refers to; a text reader reads each frame as several bands (file#band)."""
+    names = [os.path.basename(sample.frames[j]) for j in picks]
+    per = n_views // len(names)
+    return names if per == 1 else [f"{n}#{b}" for n in names for b in range(per)]
 
 
 def summary(preds: list[dict]) -> dict:
@@ -351,6 +358,10 @@ def quantize_choice(raw: str) -> str:
     return "auto" if raw == "auto" else str(raw in config.TRUE_WORDS).lower()
 
 
+def net_is_text(net) -> bool:
+    return any(getattr(m, "text", False) for m in getattr(net, "members", [net]))
+
+
 def wants_int8(choice: str, ckpt: dict, device: torch.device) -> bool:
     """Whether to run the trunk in INT8: --quantize=true/false as said; auto where the model runs on a CPU and the
     checkpoint carries activation ranges for this machine's quantized engine (then it needs no calibration pass;
@@ -399,7 +410,7 @@ def main(argv=None):
         print(__doc__)
         raise SystemExit(0)
     opts, inputs = split_argv(argv)
-    if config.load(opts, extras=EXTRAS)[1]["zero_shot"]:
+    if config.flag_given(opts, "zero_shot"):
         return zero_shot(opts, inputs)
     cfg, extra, ckpt, net = evaluate.load_for_eval(opts, EXTRAS)
     utils.setup_logging()
@@ -409,6 +420,9 @@ def main(argv=None):
         if extra["export_onnx"] or extra["quantize"] == "true":
             raise config.ConfigError("--export_onnx and --quantize=true read one checkpoint, not an ensemble")
         extra["quantize"] = "false"
+    if net_is_text(net) and (extra["export_onnx"] or extra["quantize"] == "true"):
+        raise config.ConfigError("--export_onnx and --quantize cover the from-scratch readers; a text reader's frozen "
+                                 "trunk already runs in onnxruntime on a CPU")
     if extra["export_onnx"]:
         if inputs:
             raise config.ConfigError(f"--export_onnx takes no INPUT (got {inputs}); predict in a separate run")

@@ -117,3 +117,9 @@ def test_split_seed_fixes_the_split_apart_from_the_seed():
     assert [c.resolved_split_seed() for c in cfgs] == [1, 1, 3]
     vals = [{s.path for s in dataset.train_val(samples, c)[1]} for c in cfgs]  # the split train.py makes
     assert vals[0] == vals[1] != vals[2]
+
+
+def test_flag_given_reads_a_boolean_flag_before_the_full_parse():
+    assert config.flag_given(["--zero_shot", "data/x"], "zero_shot")
+    assert config.flag_given(["--zero_shot=true"], "zero_shot") and not config.flag_given(["--zero_shot=0"], "zero_shot")
+    assert not config.flag_given(["--zero_shot", "false"], "zero_shot") and not config.flag_given(["--out=a"], "zero_shot")

@@ -67,3 +67,14 @@ def test_zero_shot_needs_a_text_recognizer(run):
     _, _, _, common, _, _ = run
     with pytest.raises(SystemExit, match="--zero_shot reads with a text recognizer"):
         evaluate.main(common + ["--zero_shot", "--method=torso"])
+
+
+def test_predict_with_a_reader_checkpoint(run):
+    tmp, root, out, _, _, _ = run
+    ckpt = f"{out['checkpoints']}/best_model.pth"
+    preds, meta = predict.main(["--checkpoint", ckpt, str(root / "48"), "--out", str(tmp / "p.json")])
+    assert meta["num_tracklets"] == 3 and meta["int8_trunk"] is False
+    assert all(0 <= p["prediction"] <= 99 and len(p["attention"]) == len(p["frames"]) == 3 * 2 for p in preds)
+    assert preds[0]["frames"][1].endswith("#1")  # 3 frames x 2 bands, each weight beside its file and band
+    with pytest.raises(SystemExit, match="already runs in onnxruntime"):
+        predict.main(["--checkpoint", ckpt, "--export_onnx", str(tmp / "m.onnx")])
