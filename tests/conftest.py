@@ -7,6 +7,13 @@ import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import synth  # noqa: E402 - the repo's modules import once the path is set
+
+
+def tiny_synth(tmp):
+    """A tiny generated dataset (4, 6, 49 to train on; 48, 64 held out) and the output folders of a run on it."""
+    root = synth.generate(tmp / "data", counts={4: 6, 6: 6, 49: 6, 48: 3, 64: 3}, seed=0, workers=1, progress=False)
+    return root, {k: str(tmp / k) for k in ("checkpoints", "results", "logs", "cache")}
 
 
 def write_tracklet(folder, n_frames, anchor=None, size=(30, 60), text="4", seed=0):

@@ -7,16 +7,15 @@ import torch
 
 import analyze_weights
 import evaluate
-import synth
 import train
 import utils
+from conftest import tiny_synth
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
-    root = synth.generate(tmp / "data", counts={4: 6, 6: 6, 49: 6, 48: 3, 64: 3}, seed=0, workers=1, progress=False)
-    out = {k: str(tmp / k) for k in ("checkpoints", "results", "logs", "cache")}
+    root, out = tiny_synth(tmp)
     common = [f"--data_root={root}", f"--checkpoint_dir={out['checkpoints']}", f"--results_dir={out['results']}",
               f"--log_dir={out['logs']}", f"--cache_dir={out['cache']}", "--img_size=32", "--batch_size=4",
               "--pretrained=false", "--train_classes=4,6,49", "--test_classes=48,64", "--val_split=0.34"]

@@ -9,16 +9,15 @@ import torch
 import config
 import evaluate
 import predict
-import synth
 import train
 import utils
+from conftest import tiny_synth
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reader")
-    root = synth.generate(tmp / "data", counts={4: 6, 6: 6, 49: 6, 48: 3, 64: 3}, seed=0, workers=1, progress=False)
-    out = {k: str(tmp / k) for k in ("checkpoints", "results", "logs", "cache")}
+    root, out = tiny_synth(tmp)
     common = [f"--data_root={root}", f"--results_dir={out['results']}", f"--cache_dir={out['cache']}",
               "--method=reader", "--line_width=48", "--bands=2", "--batch_size=4", "--seq_len=3",
               "--train_classes=4,6,49", "--test_classes=48,64", "--val_split=0.34"]
