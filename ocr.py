@@ -409,7 +409,8 @@ def digit_reads(reads, max_digits: int = 2) -> dict[int, float]:
     jersey number (1-2 digits, no leading zero). Anything else (letters, punctuation, empty) casts no vote."""
     votes = {}
     for text, conf in reads:
-        if text.isdigit() and len(text) <= max_digits and (len(text) == 1 or text[0] != "0"):
+        # ASCII digits only: str.isdigit() also accepts circled and other Unicode digits, which the charset holds
+        if text.isascii() and text.isdigit() and len(text) <= max_digits and (len(text) == 1 or text[0] != "0"):
             votes[int(text)] = votes.get(int(text), 0.0) + conf
     return votes
 

@@ -103,7 +103,8 @@ def test_band_boxes_cover_the_crop_from_top_to_bottom():
 
 
 def test_zero_shot_vote_counts_only_jersey_numbers():
-    votes = ocr.digit_reads([("48", 0.9), ("4B", 0.8), ("048", 0.9), ("07", 0.9), ("48", 0.5), ("8", 0.3), ("", 0)])
+    votes = ocr.digit_reads([("48", 0.9), ("4B", 0.8), ("048", 0.9), ("07", 0.9), ("48", 0.5), ("8", 0.3), ("", 0),
+                             ("④", 0.9), ("４８", 0.9)])  # a circled and full-width digits are not jersey numbers
     assert votes == pytest.approx({48: 1.4, 8: 0.3})
     zs = ocr.ZeroShot("ppocr_v4", threads=1)
     lines = np.stack([np.stack([line_of("64"), line_of("64"), line_of("A")]),
