@@ -14,7 +14,7 @@ def test_bench_writes_every_key(tmp_path):
     out = tmp_path / "bench.json"
     r = bench.main([f"--out={out}", "--bench_steps=2", "--bench_scale=0.01", f"--synth_root={tmp_path / 'synth'}",
                     f"--cache_dir={tmp_path / 'cache'}", f"--results_dir={tmp_path}", "--img_size=32", "--batch_size=4", "--lstm_hidden=32",
-                    "--head_hidden=32", "--train_classes=4,6,8,9,49,66,89"])
+                    "--head_hidden=32", "--train_classes=4,6,8,9,49,66,89", "--bands=1", "--line_width=32"])
     saved = json.loads(out.read_text())
     for k in KEYS:
         assert saved[k] == r[k] and saved[k] > 0, k
