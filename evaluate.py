@@ -381,13 +381,19 @@ def zero_shot_reads(cfg, samples, store, anchor) -> tuple[torch.Tensor, torch.Te
     return torch.tensor(numbers), torch.tensor(conf), votes
 
 
-def zero_shot_main(argv) -> dict:
-    """evaluate.py --zero_shot: no checkpoint, no training; the results JSON of a trained reader, rule 'vote'."""
-    # the reader preset's views unless the command line names another method
-    cfg, extra = config.load(["--method=reader", *argv], extras={"zero_shot": True, "out": "", "split": "test"})
+def zero_shot_config(argv, extras: dict):
+    """The config a --zero_shot run reads with: the reader preset's views unless argv names another method, which
+    must still use a text recognizer (evaluate.py and predict.py)."""
+    cfg, extra = config.load(["--method=reader", *argv], extras=extras)
     if not cfg.is_ocr():
         raise config.ConfigError(f"--zero_shot reads with a text recognizer: --backbone must be one of "
                                  f"{list(config.RECOGNIZERS)}, got {cfg.backbone!r}")
+    return cfg, extra
+
+
+def zero_shot_main(argv) -> dict:
+    """evaluate.py --zero_shot: no checkpoint, no training; the results JSON of a trained reader, rule 'vote'."""
+    cfg, extra = zero_shot_config(argv, {"zero_shot": True, "out": "", "split": "test"})
     if extra["split"] not in SPLIT_FILES:
         raise config.ConfigError(f"--split must be one of {', '.join(SPLIT_FILES)}")
     samples, store, skipped, anchor = eval_samples(cfg, extra["split"])

@@ -376,11 +376,8 @@ def wants_int8(choice: str, ckpt: dict, device: torch.device) -> bool:
 
 def zero_shot(opts, inputs):
     """predict.py --zero_shot: the shipped recognizer's vote over the views (ocr.ZeroShot); -1 = nothing read."""
-    cfg, extra = config.load(["--method=reader", *opts], extras=EXTRAS)  # the reader's views unless told otherwise
+    cfg, extra = evaluate.zero_shot_config(opts, EXTRAS)
     utils.setup_logging()
-    if not cfg.is_ocr():
-        raise config.ConfigError(f"--zero_shot reads with a text recognizer: --backbone must be one of "
-                                 f"{list(config.RECOGNIZERS)}, got {cfg.backbone!r}")
     if not inputs:
         raise config.ConfigError("no INPUT given: python predict.py --zero_shot FOLDER [FOLDER ...]")
     samples, store, skipped = load_inputs(inputs, cfg)
