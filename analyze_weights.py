@@ -2,14 +2,19 @@
 
     python analyze_weights.py --checkpoint checkpoints/best_model.pth     # -> results/weight_summary.json
 """
+import config
+
+if __name__ == "__main__":  # --help before torch is imported, so it prints at once
+    config.exit_on_help(__doc__, config.options("analyze_weights"))
+
 import os
 
 import torch
 
-import config
+import model as model_lib
 import utils
 
-COMPONENTS = ("backbone", "spatial", "lstm", "temporal", "tens", "units", "single", "columns")
+COMPONENTS = ("backbone", "spatial", "lstm", "temporal", "tens", "units", "columns")
 
 
 def component_summary(module) -> dict:
@@ -44,10 +49,10 @@ def summarize(model) -> dict:
 
 
 def main(argv=None):
-    _, extra = config.load(argv, extras={"checkpoint": "checkpoints/best_model.pth", "out": ""})
+    _, extra = config.load(argv, extras=config.options("analyze_weights"), doc=__doc__)
     utils.setup_logging()
     ckpt = utils.load_checkpoint(extra["checkpoint"])
-    model, cfg = utils.model_from_checkpoint(ckpt, extra["checkpoint"])
+    model, cfg = model_lib.model_from_checkpoint(ckpt, extra["checkpoint"])
     summary = {"checkpoint": extra["checkpoint"], "epoch": ckpt.get("epoch", -1) + 1, **summarize(model),
                "config": config.to_dict(cfg)}
     out = extra["out"] or os.path.join(cfg.results_dir, "weight_summary.json")

@@ -4,7 +4,7 @@
     python bench.py --device=cuda --bench_steps=50
 
 Measured (sequences per second unless noted):
-  train_model_bound      the recipe's train step (train.train_step: MixUp, loss, clipping, fused AdamW) on a
+  train_model_bound      the recipe's train step (engine.train_step: MixUp, loss, clipping, fused AdamW) on a
                          batch of input already in memory (the ceiling for end-to-end training)
   train_end_to_end       train_one_epoch on the embedded data: cached uint8 frames, batched augmentation
   train_reference        the original way: float32, contiguous tensors, every frame decoded, sharpened,
@@ -29,6 +29,11 @@ Every rate is the best of several timed blocks after a warm-up, ours and the ref
 ratio compares are timed in 5 interleaved rounds (model-bound, ours, reference, model-bound, ...), so that a slow
 spell of a shared machine falls on both sides of the ratio, not on one.
 """
+import config
+
+if __name__ == "__main__":  # --help before torch is imported, so it prints at once
+    config.exit_on_help(__doc__, config.options("bench"))
+
 import dataclasses
 import itertools
 import os
@@ -43,13 +48,12 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-import config
 import dataset
+import engine
 import evaluate
 import model as model_lib
 import ocr
 import predict
-import train
 import utils
 
 log = utils.log
@@ -108,7 +112,7 @@ def rate(fn, n_items: int, steps: int, warmup: int = 2, repeats: int = 3) -> flo
 
 def make_model(cfg, device, fast: bool):
     net = model_lib.build(cfg, pretrained=False)
-    net.channels_last = fast and cfg.channels_last
+    net.channels_last = fast and net.channels_last
     net.to(device)
     if net.channels_last:
         net.to(memory_format=torch.channels_last)
@@ -116,10 +120,10 @@ def make_model(cfg, device, fast: bool):
 
 
 def model_bound_train(cfg, device, dtype, block):
-    """The recipe's training step (train.train_step: MixUp, loss, clipping, update) on one batch of input
+    """The recipe's training step (engine.train_step: MixUp, loss, clipping, update) on one batch of input
     already in memory, as prepare_batch leaves it: the ceiling end-to-end training can reach."""
     net = make_model(cfg, device, dtype is not None).train()
-    crit = train.Criterion(cfg, cfg.train_classes, device)
+    crit = engine.Criterion(cfg, cfg.train_classes, device)
     opt = utils.adamw(net.parameters(), device, lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     B = cfg.batch_size
@@ -127,7 +131,7 @@ def model_bound_train(cfg, device, dtype, block):
     tens, units = (torch.tensor(v, device=device) for v in zip(*map(dataset.decompose, number.tolist())))
     batch = (torch.randn(B, cfg.seq_len * cfg.views_per_frame(), 3, *cfg.frame_shape(), device=device),
              torch.ones(B, cfg.seq_len * cfg.views_per_frame(), dtype=torch.bool, device=device), tens, units, number)
-    return repeat(lambda: train.train_step(net, crit, opt, scaler, batch, cfg, device, dtype), B, block)
+    return repeat(lambda: engine.train_step(net, crit, opt, scaler, batch, cfg, device, dtype), B, block)
 
 
 def model_bound_infer(net, cfg, device, dtype, steps):
@@ -157,7 +161,7 @@ def pipeline_blocks(cfg, samples, store, steps):
     naive_loader = DataLoader(NaiveTrackletDataset(samples, cfg, True), batch_size=cfg.batch_size, shuffle=True)
     # endless, so any --bench_steps fits in the data
     ours_it, naive_it = (itertools.chain.from_iterable(itertools.repeat(dl)) for dl in (ours_loader, naive_loader))
-    return {"pipeline": repeat(lambda: train.prepare_batch(next(ours_it), cfg, torch.device("cpu"), train=True),
+    return {"pipeline": repeat(lambda: engine.prepare_batch(next(ours_it), torch.device("cpu"), train=True),
                                cfg.batch_size, max(1, steps // 3)),
             "pipeline_naive": repeat(lambda: next(naive_it), cfg.batch_size, max(1, steps // 12), 1)}
 
@@ -166,7 +170,7 @@ def end_to_end_train(cfg, samples, store, device, dtype, block, reference: bool)
     """A block of `block` training steps from the embedded data (warmed up): ours through train_one_epoch, or
     the reference's PIL-per-frame loader, float32 model and loop."""
     net = make_model(cfg, device, not reference)
-    crit = train.Criterion(cfg, [s.number for s in samples], device)
+    crit = engine.Criterion(cfg, [s.number for s in samples], device)
     # the original recipe used torch's default AdamW (a per-tensor loop on CPU)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4) if reference else utils.adamw(net.parameters(), device, 1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -179,7 +183,7 @@ def end_to_end_train(cfg, samples, store, device, dtype, block, reference: bool)
                         batch_size=cfg.batch_size, shuffle=True, collate_fn=dataset.collate, drop_last=True)
 
     def run(k):
-        train.train_one_epoch(net, crit, opt, loader, device, dtype, scaler, dataclasses.replace(cfg, max_steps=k,
+        engine.train_one_epoch(net, crit, opt, loader, device, dtype, scaler, dataclasses.replace(cfg, max_steps=k,
                                                                                                   epochs=1), 0)
         return min(k, len(loader)) * cfg.batch_size
     run(2)
@@ -241,7 +245,7 @@ def end_to_end_infer(net, cfg, samples, device, dtype, reference: bool = False):
         ds = dataset.TrackletDataset(picked, store, cfg.seq_len, cfg.eval_sampling, use_anchor=False)
         with torch.inference_mode(), utils.autocast(device, dtype):
             for b in DataLoader(ds, batch_size=64, collate_fn=dataset.collate):
-                net(train.prepare_batch(b, cfg, device, train=False)[0])
+                net(engine.prepare_batch(b, device, train=False)[0])
         return len(samples)
     return run_reference if reference else run_ours
 
@@ -285,7 +289,7 @@ def reader_blocks(cfg, samples, device, dtype, steps) -> tuple[dict, dict]:
 
     def ours(batch):
         with torch.inference_mode(), utils.autocast(device, dtype):
-            net(train.prepare_batch(batch, cfg, device, train=False)[0])
+            net(engine.prepare_batch(batch, device, train=False)[0])
 
     def end_to_end(read):
         def block():
@@ -301,8 +305,8 @@ def reader_blocks(cfg, samples, device, dtype, steps) -> tuple[dict, dict]:
     with torch.inference_mode(), utils.autocast(device, dtype):
         latency = 1000.0 / rate(lambda: net(x), 1, steps)
     train_net = model_lib.build(cfg).to(device).train()
-    opt = utils.adamw(train.param_groups(train_net, cfg), device, cfg.lr)
-    crit = train.Criterion(cfg, cfg.train_classes, device)
+    opt = utils.adamw(engine.param_groups(train_net, cfg), device, cfg.lr)
+    crit = engine.Criterion(cfg, cfg.train_classes, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     B, c = cfg.batch_size, train_net.backbone.channels
     number = torch.tensor(cfg.train_classes, device=device)[torch.randint(0, len(cfg.train_classes), (B,))]
@@ -311,7 +315,7 @@ def reader_blocks(cfg, samples, device, dtype, steps) -> tuple[dict, dict]:
     total, trainable = model_lib.count_parameters(train_net)
     blocks = {"reader_infer_end_to_end": end_to_end(ours),
               "zero_shot_end_to_end": end_to_end(lambda b: zero_shot(b["frames"].numpy())),
-              "reader_train_on_maps": repeat(lambda: train.train_step(train_net, crit, opt, scaler, batch, cfg,
+              "reader_train_on_maps": repeat(lambda: engine.train_step(train_net, crit, opt, scaler, batch, cfg,
                                                                       device, dtype), B, max(1, steps // 2))}
     return blocks, {"reader_latency_ms_batch1": latency, "reader_params_m": total / 1e6,
                     "reader_trainable_m": trainable / 1e6, "reader_views_per_tracklet": views}
@@ -320,8 +324,8 @@ def reader_blocks(cfg, samples, device, dtype, steps) -> tuple[dict, dict]:
 def configs(argv) -> tuple:
     """The from-scratch reader the speed work was measured on (the user's --method unless it is a text
     recognizer's, else torso) and the pretrained-recognizer reader (the user's if it is one, else reader)."""
-    extras = {"bench_steps": 12, "bench_scale": 0.03, "out": ""}
-    cfg, extra = config.load(argv, extras=extras)
+    extras = config.options("bench")
+    cfg, extra = config.load(argv, extras=extras, doc=__doc__)
     rest = [a for a in argv if not a.startswith("--method")]
     other = config.load(rest + ["--method=" + ("torso" if cfg.is_ocr() else "reader")], extras=extras)[0]
     return (other, cfg, extra) if cfg.is_ocr() else (cfg, other, extra)
@@ -337,7 +341,7 @@ def main(argv=None):
     device = utils.device_of(cfg)
     dtype = utils.amp_dtype(device, cfg.amp)
     steps = extra["bench_steps"]
-    samples, store, _ = utils.load_samples(cfg, cfg.train_classes)
+    samples, store, _ = dataset.load_samples(cfg, cfg.train_classes)
     samples = samples[: max(cfg.batch_size * (steps + 3), 64)]
     r = {"device": str(device), "autocast": str(dtype), "threads": torch.get_num_threads(),
          "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "samples": len(samples),

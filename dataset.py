@@ -25,13 +25,10 @@ from PIL import Image, ImageEnhance, ImageFile, ImageFilter
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from config import FULL_FRAME, IMAGENET_MEAN, IMAGENET_STD, LINE_HEIGHT
+import synth
+from config import EMPTY, FULL_FRAME, ConfigError, IMAGENET_MEAN, IMAGENET_STD, IMG_EXTS, LINE_HEIGHT
 
 log = logging.getLogger("jersey")
-EMPTY = 10          # tens class meaning "no tens digit"
-NO_DIGIT = 10       # units class of a half view holding no whole digit (half of a centred single digit)
-NUM_DIGIT_CLASSES = 11
-IMG_EXTS = (".jpg", ".jpeg", ".png")
 MEAN, STD = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is a counted skip, not a half-grey frame
 NOT_VISIBLE = -1    # SoccerNet label: the number cannot be read in this tracklet
@@ -239,7 +236,7 @@ def keep_frames(samples: list[Sample], picks: list[list[int]]) -> list[Sample]:
 
 
 # ImageEnhance.Sharpness(2.0) is 2 * image - SMOOTH(image) (blend truncates, SMOOTH rounds; x / 13 is never a tie),
-# so one 3x3 kernel gives the same bytes in one pass instead of a filter, a blend and a copy (report section 8)
+# so one 3x3 kernel gives the same bytes in one pass instead of a filter, a blend and a copy
 SHARPEN_2 = ImageFilter.Kernel((3, 3), [-1, -1, -1, -1, 21, -1, -1, -1, -1], scale=13)
 
 
@@ -455,11 +452,8 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return (x - MEAN.to(x.device).view(1, 1, 3, 1, 1)) / STD.to(x.device).view(1, 1, 3, 1, 1)
 
 
-def augment(x: torch.Tensor, degrees=5.0, translate=0.05, scale=(0.95, 1.05), brightness=0.2, contrast=0.2,
-            shift=0.0, zoom=0.0):
-    """The SPEC's per-frame random affine and colour jitter, on a whole batch [B, T, 3, H, W] at once; `shift`
-    adds one horizontal move per tracklet, uniform in +-shift of the width (config.shift), `zoom` one shrink per
-    tracklet by a factor uniform in [1 - zoom, 1] (config.zoom).
+def augment(x: torch.Tensor, degrees=5.0, translate=0.05, scale=(0.95, 1.05), brightness=0.2, contrast=0.2):
+    """The SPEC's per-frame random affine and colour jitter, on a whole batch [B, T, 3, H, W] at once.
     The sampling grid is F.affine_grid's written out, and the jitter runs in place: on a 2-core CPU the
     generic affine_grid (a batched matmul with K = 3) and out-of-place passes cost 3x the time (same values)."""
     B, T, C, H, W = x.shape
@@ -468,22 +462,12 @@ def augment(x: torch.Tensor, degrees=5.0, translate=0.05, scale=(0.95, 1.05), br
     ang = torch.empty(n, device=dev).uniform_(-degrees, degrees).deg2rad_()
     s = torch.empty(n, device=dev).uniform_(*scale)
     tx, ty = (torch.empty(n, device=dev).uniform_(-translate, translate).mul_(2).view(n, 1, 1) for _ in range(2))
-
-    def per_tracklet(lo, hi):  # one draw per tracklet, shared by its T frames: [n]
-        return torch.empty(B, 1, device=dev).uniform_(lo, hi).expand(B, T).reshape(n)
-
-    if shift > 0:  # grid units: the width spans [-1, 1]
-        tx = tx + per_tracklet(-2 * shift, 2 * shift).view(n, 1, 1)
-    if zoom > 0:
-        s = s * per_tracklet(1 - zoom, 1)
     cos, sin = (torch.cos(ang) / s).view(n, 1, 1), (torch.sin(ang) / s).view(n, 1, 1)
     # pixel centres in [-1, 1], as affine_grid(align_corners=False) has them
     xs = ((torch.arange(W, device=dev, dtype=x.dtype) * 2 + 1) / W - 1).view(1, 1, W)
     ys = ((torch.arange(H, device=dev, dtype=x.dtype) * 2 + 1) / H - 1).view(1, H, 1)
     grid = torch.stack([cos * xs - sin * ys + tx, sin * xs + cos * ys + ty], -1)
-    # a shrunk frame would get a black frame around it, which no test frame has
-    pad = "border" if zoom > 0 else "zeros"
-    flat = F.grid_sample(x.reshape(n, C, H, W), grid, mode="bilinear", padding_mode=pad, align_corners=False)
+    flat = F.grid_sample(x.reshape(n, C, H, W), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     b = torch.empty(n, 1, 1, 1, device=dev).uniform_(1 - brightness, 1 + brightness)
     c = torch.empty(n, 1, 1, 1, device=dev).uniform_(1 - contrast, 1 + contrast)
     flat.mul_(b).clamp_(0, 1)
@@ -491,38 +475,6 @@ def augment(x: torch.Tensor, degrees=5.0, translate=0.05, scale=(0.95, 1.05), br
     gray = (flat.mean((2, 3)) @ torch.tensor([0.299, 0.587, 0.114], device=dev, dtype=flat.dtype)).view(n, 1, 1, 1)
     flat.mul_(c).add_(gray * (1 - c)).clamp_(0, 1)
     return flat.view(B, T, C, H, W)
-
-
-def blur_kernels(n: int, size: int = 7, max_sigma: float = 1.5, max_length: float = 6.0, device=None):
-    """n random normalised blur kernels [n, size, size]: half Gaussian (sigma uniform in 0.3..max_sigma), half
-    motion (a soft line through the centre, length uniform in 2..max_length px, at any angle)."""
-    r = size // 2
-    ys, xs = torch.meshgrid(*(torch.arange(-r, r + 1, device=device, dtype=torch.float32),) * 2, indexing="ij")
-    sigma = torch.empty(n, 1, 1, device=device).uniform_(0.3, max_sigma)
-    gauss = (-(xs ** 2 + ys ** 2) / (2 * sigma ** 2)).exp()
-    theta = torch.empty(n, 1, 1, device=device).uniform_(0, torch.pi)
-    half = torch.empty(n, 1, 1, device=device).uniform_(1.0, max_length / 2)
-    along = (xs * theta.cos() + ys * theta.sin()).clamp(-half, half)  # nearest point of the segment
-    dist2 = (xs - along * theta.cos()) ** 2 + (ys - along * theta.sin()) ** 2
-    motion = (-dist2 / (2 * 0.5 ** 2)).exp()
-    k = torch.where(torch.rand(n, 1, 1, device=device) < 0.5, gauss, motion)
-    return k / k.sum((1, 2), keepdim=True)
-
-
-def random_blur(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Each frame of [B, T, C, H, W] blurred with probability p (config.blur_aug) by a blur_kernels kernel, edges
-    replicated: broadcast footage is blurred by focus and by motion, at rates no generator gets right."""
-    B, T, C, H, W = x.shape
-    hit = torch.nonzero(torch.rand(B * T, device=x.device) < p).flatten()
-    if len(hit) == 0:
-        return x
-    k = blur_kernels(len(hit), device=x.device).to(x.dtype)
-    r = k.shape[-1] // 2
-    frames = x.reshape(B * T, C, H, W)
-    sel = F.pad(frames[hit].reshape(1, len(hit) * C, H, W), (r, r, r, r), mode="replicate")
-    out = frames.clone()
-    out[hit] = F.conv2d(sel, k.repeat_interleave(C, 0)[:, None], groups=len(hit) * C).view(len(hit), C, H, W)
-    return out.view(B, T, C, H, W)
 
 
 def class_weights(labels, num_classes: int, method: str = "effective_number", beta: float = 0.9999,
@@ -561,15 +513,10 @@ def balanced_empty_suppression(tens_labels, **weight_kw) -> float:
     return min(1.0, ratio ** 2 if weight_kw.get("sqrt", True) else ratio)  # the factor acts before the root
 
 
-def split(samples: list[Sample], val_fraction: float, seed: int, by: str = "sequence"):
-    """Random train/val split; by='sequence' splits whole player sequences (no player on both sides)."""
+def split(samples: list[Sample], val_fraction: float, seed: int):
+    """Random train/val split of whole player sequences (no player on both sides), stratified per number so rare
+    numbers (e.g. 89) still land in validation."""
     rng = np.random.default_rng(seed)
-    if by == "sample":
-        perm = rng.permutation(len(samples))
-        n_val = int(round(len(samples) * val_fraction))
-        val_idx = set(perm[:n_val].tolist())
-        return [s for i, s in enumerate(samples) if i not in val_idx], [samples[i] for i in sorted(val_idx)]
-    # stratify per number, so rare numbers (e.g. 89) still land in validation
     train, val = [], []
     for n in sorted({s.number for s in samples}):
         groups = sorted({s.group for s in samples if s.number == n})
@@ -585,7 +532,7 @@ def split(samples: list[Sample], val_fraction: float, seed: int, by: str = "sequ
 def train_val(samples: list[Sample], cfg):
     """A run's train/val split from its config: what train.py trains and validates on, and what evaluate.py
     --split=train|val reads back."""
-    return split(samples, cfg.val_split, cfg.resolved_split_seed(), cfg.split_by)
+    return split(samples, cfg.val_split, cfg.seed)
 
 
 def report_skips(skipped: Counter) -> None:
@@ -593,183 +540,32 @@ def report_skips(skipped: Counter) -> None:
         log.warning("skipped %d x %s", count, reason)
 
 
-def mix_renders(x, mask, number, renders, labels, share: float):
-    """Replace a random `share` of the batch by rendered numbers (uint8 [n, H, W, 3] and their labels), each
-    shown in every frame of its tracklet (augmentation then moves each frame differently). The renders pair
-    every digit with many partners, which the training numbers do not: in 4, 6, 8, 9, 49, 66, 89 a tens 4
-    always stands next to a 9. x: float [B, T, 3, H, W] in 0..1. Returns x, mask, tens, units, number."""
-    B, T = x.shape[:2]
-    k = int(round(share * B))
-    x, mask, number = x.clone(), mask.clone(), number.clone()
-    if k:
-        slots = torch.randperm(B, device=x.device)[:k]
-        pick = torch.randint(len(renders), (k,))
-        x[slots] = to_input(renders[pick].unsqueeze(1), x.device).expand(-1, T, -1, -1, -1)
-        mask[slots] = True
-        number[slots] = labels[pick].to(number.device)
-    return x, mask, *decompose(number), number
+def data_root(cfg) -> str:
+    """The user's data root, or the embedded synthetic data (generated once, then reused)."""
+    if cfg.data_root:
+        return cfg.data_root
+    root = os.path.join(cfg.synth_root, f"scale{cfg.synth_scale:g}_seed{cfg.synth_seed}")
+    log.info("No data_root set: using the embedded synthetic data (--data_root=DIR for your own).")
+    path = synth.ensure_dataset(root, scale=cfg.synth_scale, seed=cfg.synth_seed)
+    sheet = os.path.join(cfg.results_dir, "synth_samples.png")
+    if not os.path.isfile(sheet):  # one look at what the model is trained on
+        synth.contact_sheet(path, sheet)
+    return str(path)
 
 
-# Distance between the two digits' centres of a two-digit print, as a fraction of the crop width: a print fills
-# about half the back's width, so its digits sit about a quarter of the crop apart (drawn per tracklet).
-SWAP_PITCH = (0.2, 0.3)
-
-
-def swap_number(n):
-    """49 -> 94 (int or tensor); meaningless for one-digit numbers and for units 0, which swap_digits leaves out."""
-    return 10 * (n % 10) + n // 10
-
-
-def swappable(number, exclude=()) -> torch.Tensor:
-    """Which numbers swap_digits may exchange: two digits, units not 0 (no 'tens 0'), different digits, and the
-    swapped number not in `exclude` (the test numbers and the other scored unseen ones)."""
-    number = torch.as_tensor(number)
-    ok = (number >= 10) & (number % 10 > 0) & (swap_number(number) != number)
-    return ok & ~torch.isin(swap_number(number), torch.as_tensor(list(exclude), dtype=number.dtype))
-
-
-def swap_digits(x, tens, units, number, prob: float, exclude=(), pitch=SWAP_PITCH):
-    """Two-digit tracklets with their digits exchanged in place (49 -> 94), on any data (no digit boxes needed).
-
-    A two-digit print sits across the middle of the back, its tens digit in the band of one pitch left of the
-    crop's centre and its units digit in the band right of it. Swapping the two bands (pitch drawn per tracklet
-    from `pitch` x W, the same for all its frames) moves each digit to the other's place on the same shirt, so a
-    units digit is seen right of a tens digit it was never printed beside, in the position and size a real print
-    gives it; with 49, 66 and 89 in training, 94 and 98 put a 4 and an 8 where the units of 48, 64 and 88 stand.
-    Each eligible tracklet (`swappable`) is swapped with probability `prob`. x: float [B, T, 3, H, W]."""
-    B, W = x.shape[0], x.shape[-1]
-    hit = torch.nonzero(swappable(number.cpu(), exclude) & (torch.rand(B) < prob)).flatten().tolist()
-    if not hit:
-        return x, tens, units, number
-    x, tens, units, number = x.clone(), tens.clone(), units.clone(), number.clone()
-    c = W // 2
-    for i in hit:
-        w = min(c, max(1, int(round(W * float(torch.empty(1).uniform_(*pitch))))))
-        left = x[i, ..., c - w:c].clone()
-        x[i, ..., c - w:c] = x[i, ..., c:c + w]
-        x[i, ..., c:c + w] = left
-    number[hit] = swap_number(number[hit])
-    tens[hit], units[hit] = number[hit] // 10, number[hit] % 10
-    return x, tens, units, number
-
-
-def swapped_counts(numbers, prob: float, exclude=()) -> list[int]:
-    """The labels the loss sees under swap_digits, in expectation: `prob` of each swappable number's tracklets
-    counted as its swap (so class weights do not call 94 absent and weigh it out of the loss)."""
-    out = []
-    for n, k in sorted(Counter(int(v) for v in numbers).items()):
-        moved = round(prob * k) if bool(swappable(torch.tensor([n]), exclude)) else 0
-        out += [n] * (k - moved) + [swap_number(n)] * moved
-    return out
-
-
-def compose_batch(x, tens, units, number, prob: float, exclude=(), width=(0.35, 0.6), mode: str = "splice"):
-    """Synthetic two-digit tracklets from single-digit ones, on any data (no digit boxes needed).
-
-    Single-digit numbers sit in the middle of the back, so the central vertical band of a single-digit
-    crop holds its digit. For a random `prob` share of the batch, the central band (a random fraction
-    `width` of the crop width) of single-digit tracklet A is placed left of that of single-digit tracklet
-    B, frame by frame, and the pair is resized back to the crop size: labels tens = a, units = b.
-    mode 'paste' keeps B's single body and print instead: a central band of width `width` x W from A and
-    one from B are put side by side at B's centre, like a two-digit print on one shirt.
-    x: float [B, T, 3, H, W]. Numbers in `exclude` are never produced.
-    """
-    singles = torch.nonzero((number < 10) & (number > 0)).flatten()  # a tens digit of 0 is no jersey number
-    any_single = torch.nonzero(number < 10).flatten()
-    B, T, C, H, W = x.shape
-    n = int(round(prob * B))
-    if n == 0 or len(singles) == 0 or len(any_single) < 2:
-        return x, tens, units, number
-    left = singles[torch.randint(len(singles), (n,), device=x.device)]
-    right = any_single[torch.randint(len(any_single), (n,), device=x.device)]
-    new_num = 10 * number[left] + number[right]
-    if len(exclude):
-        keep = ~torch.isin(new_num, torch.as_tensor(list(exclude), device=x.device))
-        left, right, new_num = left[keep], right[keep], new_num[keep]
-    slots = torch.randperm(B, device=x.device)[:len(left)]
-    src = x
-    x, tens, units, number = x.clone(), tens.clone(), units.clone(), number.clone()
-    for k in range(len(slots)):
-        frac = float(torch.empty(1).uniform_(*width))
-        band = max(2, int(round(W * frac)))
-        band = min(band, W // 2) if mode == "paste" else band  # both bands must fit in the crop
-        lo = (W - band) // 2
-        pair = torch.cat([src[left[k], ..., lo:lo + band], src[right[k], ..., lo:lo + band]], dim=-1)
-        if mode == "paste":
-            x[slots[k]] = src[right[k]]
-            x[slots[k], ..., W // 2 - band:W // 2 + band] = pair
-        else:
-            x[slots[k]] = F.interpolate(pair, size=(H, W), mode="bilinear", align_corners=False, antialias=True)
-    tens[slots], units[slots], number[slots] = number[left], number[right], new_num
-    return x, tens, units, number
-
-
-def half(x: torch.Tensor, side: str, cut: float = 0.5) -> torch.Tensor:
-    """The part of every frame left ('L') or right ('R') of column `cut` x W, resized back to H x W.
-    x: [B, T, C, H, W]. A two-digit print sits across the middle of the back, so each half holds one digit."""
-    B, T, C, H, W = x.shape
-    c = min(max(int(round(cut * W)), 2), W - 2)
-    part = x[..., :c] if side == "L" else x[..., c:]
-    out = F.interpolate(part.reshape(B * T, C, H, -1).float(), size=(H, W), mode="bilinear", align_corners=False,
-                        antialias=True)
-    return out.to(x.dtype).view(B, T, C, H, W)
-
-
-def _jittered_cut(W: int, jitter: float) -> int:
-    """A column near the middle: prints are not always centred in the box."""
-    return min(max(int(round((0.5 + jitter * (2 * float(torch.rand(1)) - 1)) * W)), 2), W - 2)
-
-
-def two_digit_and_as_many_single(number):
-    """Indices of the two-digit tracklets of a batch and of as many randomly chosen single-digit ones: views
-    need both kinds in balance, or the plentiful single digits decide what the views teach."""
-    two = torch.nonzero(number >= 10).flatten()
-    one = torch.nonzero(number < 10).flatten()
-    return two, one[torch.randperm(len(one), device=one.device)[:len(two)]]
-
-
-def erased_views(x, mask, number, jitter: float = 0.08, empty_views: bool = True):
-    """Training views for --erase_views, each a tracklet with the part of every frame on one side of a cut near
-    the middle painted in that part's mean colour. Tens-head views (right part painted): every two-digit
-    tracklet in the batch, labelled with its tens digit, and as many single digits, labelled EMPTY (half of a
-    centred digit is no tens digit). Units-head views (left part painted): the two-digit tracklets, labelled
-    with their units digit. The digit left standing keeps its place and size, so the tens head has to read the
-    4 of 49 without the 9 beside it: "the left digit is 4", not "this looks like 49". Without the EMPTY views
-    every tens view would hold a digit and the tens head would learn that anything left of centre is one.
-    `empty_views=False` leaves those out: for the CTC reader a view is labelled with the number it shows, and a
-    half-painted single digit shows none.
-    Returns views [K, T, C, H, W], their mask, labels [K] and head [K] (0 tens, 1 units)."""
-    two, one = two_digit_and_as_many_single(number)
-    one = one if empty_views else one[:0]
-    src = torch.cat([two, one, two])
-    head = torch.cat([torch.zeros(len(two) + len(one)), torch.ones(len(two))]).long().to(number.device)
-    labels = torch.cat([number[two] // 10, torch.full_like(number[one], EMPTY), number[two] % 10])
-    views = x[src].clone()
-    for k in range(len(src)):
-        c = _jittered_cut(x.shape[-1], jitter)
-        part = views[k, ..., c:] if head[k] == 0 else views[k, ..., :c]
-        part.copy_(part.mean(dim=(-2, -1), keepdim=True).expand_as(part))
-    return views, mask[src], labels, head
-
-
-def half_views(x, mask, number, jitter: float = 0.08):
-    """Training views for the split reader (--split_views): the left and right halves of each two-digit tracklet
-    in the batch, labelled with its tens and its units digit, and of as many single-digit tracklets, labelled
-    NO_DIGIT (half of a centred digit is a fragment); none in a batch without a two-digit number, else the
-    plentiful single digits teach the halves to answer NO_DIGIT whatever they show. A tens digit read from a
-    half cannot lean on the digit next to it, so a 4 learnt from 49 alone is still a 4 beside an 8. The cut
-    moves by +-`jitter` x W because prints are not always centred in the box.
-    Returns views [K, T, C, H, W], their mask, units labels [K]."""
-    two, one = two_digit_and_as_many_single(number)
-    src = torch.cat([two, one])
-    if len(src) == 0:
-        return x[:0], mask[:0], number[:0]
-    views, labels = [], []
-    for i in src.tolist():
-        cut = _jittered_cut(x.shape[-1], jitter) / x.shape[-1]
-        n = int(number[i])
-        for side, digit in (("L", n // 10), ("R", n % 10)):
-            views.append(half(x[i:i + 1], side, cut))
-            labels.append(digit if n >= 10 else NO_DIGIT)
-    idx = src.repeat_interleave(2)
-    return torch.cat(views), mask[idx], torch.tensor(labels, device=number.device)
+def load_samples(cfg, numbers, root: str | None = None, workers: int = 0):
+    """Crawl, decode once (cached) and clean the samples of `numbers`; returns (samples, store, skipped)."""
+    root = root or data_root(cfg)
+    try:
+        samples, skipped = crawl(root, numbers)
+    except (FileNotFoundError, ValueError) as err:  # ValueError: an unreadable SoccerNet *_gt.json
+        raise ConfigError(str(err)) from None
+    if not samples:
+        raise ConfigError(f"no sub-tracklet with images for numbers {sorted(numbers)} under {root!r}")
+    store = FrameStore.of(samples, cfg, cfg.cache_dir, workers)
+    samples = store.drop_unreadable(samples, skipped)
+    missing = sorted(set(numbers) - {s.number for s in samples})
+    if missing:
+        raise ConfigError(f"no usable sample for number(s) {missing} under {root!r}")
+    report_skips(skipped)
+    return samples, store, skipped

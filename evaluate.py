@@ -4,7 +4,6 @@
     python evaluate.py --checkpoint checkpoints/best_model.pth --test_classes=44,46,68 --stability
     python evaluate.py --checkpoint ... --split=val          # the seen-number validation split instead
     python evaluate.py --checkpoint ... --split=train        # its training side, read as validation is (fit vs. gap)
-    python evaluate.py --checkpoint ... --tune_tau           # tau and the split threshold re-tuned on seen validation
     python evaluate.py --checkpoint ... --tune_blank         # ctc head: the blank penalty chosen on seen validation
     python evaluate.py --checkpoint ... --quantize           # the trunk in INT8 on the CPU (predict.py --quantize)
     python evaluate.py --checkpoint=a.pth,b.pth,c.pth       # an ensemble: the mean of their probabilities
@@ -12,6 +11,11 @@
 
 The model and data settings come from the checkpoint; any --field=value overrides them.
 """
+import config
+
+if __name__ == "__main__":  # --help before torch is imported, so it prints at once
+    config.exit_on_help(__doc__, config.options("evaluate"))
+
 import os
 import sys
 from collections import Counter
@@ -19,219 +23,19 @@ from collections import Counter
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-import config
 import dataset
+import decoding
+import engine
 import model as model_lib
 import ocr
 import plots
-import train
 import utils
-from dataset import EMPTY
+from config import EMPTY
 
 log = utils.log
-RULES = ("argmax", "anti_empty", "confidence", "same_digit", "vote", "logit_adjusted")
 SPLIT_FILES = {"test": "evaluation_results.json", "val": "validation_results.json", "train": "training_split_results.json"}
-
-
-# ---- decoding rules: (p_tens [N, 11], p_units [N, 10]) -> (tens [N], units [N]) -------------------------
-
-def rule_argmax(p_tens, p_units):
-    return p_tens.argmax(1), p_units.argmax(1)
-
-
-def best_nonempty(p_tens):
-    """Best real tens digit (1..9)."""
-    return p_tens[:, 1:10].argmax(1) + 1
-
-
-def rule_anti_empty(p_tens, p_units, threshold=0.55):
-    """If the tens head says empty with probability below `threshold`, take the best non-empty tens digit."""
-    t, u = rule_argmax(p_tens, p_units)
-    weak_empty = (t == EMPTY) & (p_tens[:, EMPTY] < threshold)
-    return torch.where(weak_empty, best_nonempty(p_tens), t), u
-
-
-def rule_confidence(p_tens, p_units, conf_tens=0.10, conf_units=0.50):
-    """Two digits only if tens is a digit with P > conf_tens and P(units) > conf_units; else units alone."""
-    t, u = rule_argmax(p_tens, p_units)
-    pt = p_tens.gather(1, t[:, None]).squeeze(1)
-    pu = p_units.gather(1, u[:, None]).squeeze(1)
-    two = (t != EMPTY) & (pt > conf_tens) & (pu > conf_units)
-    return torch.where(two, t, torch.full_like(t, EMPTY)), u
-
-
-def rule_same_digit(p_tens, p_units, threshold=0.7):
-    """A doubled digit (e.g. 88) with P(tens) < threshold takes the second-best tens class instead."""
-    t, u = rule_argmax(p_tens, p_units)
-    pt = p_tens.gather(1, t[:, None]).squeeze(1)
-    second = p_tens.topk(2, dim=1).indices[:, 1]
-    return torch.where((t == u) & (pt < threshold), second, t), u
-
-
-def rule_vote(p_tens, p_units, thresholds=(0.3, 0.4, 0.5, 0.6)):
-    """Majority vote of the anti-empty rule over several thresholds; ties go to the more probable number."""
-    votes = torch.stack([dataset.reconstruct(*rule_anti_empty(p_tens, p_units, th)) for th in thresholds], 1)
-    out = torch.empty(len(votes), dtype=torch.long)
-    for i, row in enumerate(votes.tolist()):
-        counts = Counter(row)
-        top = max(counts.values())
-        tied = [n for n in counts if counts[n] == top]
-        out[i] = max(tied, key=lambda n: number_prob(p_tens[i], p_units[i], n))
-    return dataset.decompose(out)
-
-
-def rule_logit_adjusted(p_tens, p_units, log_prior_tens, tau=1.0):
-    """Post-hoc logit adjustment (Menon et al. 2021): argmax of log p(tens) - tau * log prior(tens)."""
-    adj = p_tens.clamp_min(1e-12).log() - tau * log_prior_tens
-    return adj.argmax(1), p_units.argmax(1)
-
-
-def rule_split(p_tens, p_units, p_left, p_right, threshold=0.5):
-    """The split reader (--split_views): two digits read from the left and the right half of the crop when both
-    halves hold a whole digit (the left one 1..9) and P(left) x P(right) > threshold, else the whole-crop argmax.
-    p_left, p_right: [N, 11], index NO_DIGIT = a fragment. Returns tens, units and the answer's confidence."""
-    (pl, a), (pr, b) = p_left.max(1), p_right.max(1)
-    two = (a >= 1) & (a <= 9) & (b <= 9) & (pl * pr > threshold)
-    return _halves_or_argmax(p_tens, p_units, two, a, b, pl * pr)
-
-
-def rule_halves(p_tens, p_units, p_left, p_right):
-    """Where the whole crop's argmax has a tens digit, take both digits from the crop's halves instead (the best
-    1..9 of the left half, the best 0..9 of the right): the whole crop decides one digit or two, the halves say
-    which, each without seeing its neighbour. Returns tens, units and the answer's confidence."""
-    (pl, a), (pr, b) = p_left[:, 1:10].max(1), p_right[:, :10].max(1)
-    return _halves_or_argmax(p_tens, p_units, p_tens.argmax(1) != EMPTY, a + 1, b, pl * pr)
-
-
-def _halves_or_argmax(p_tens, p_units, two, a, b, conf_two):
-    """Digits (a, b) with confidence conf_two where `two`, the whole crop's argmax and its confidence elsewhere."""
-    t, u = rule_argmax(p_tens, p_units)
-    conf = torch.where(two, conf_two, digit_confidence(p_tens, p_units, t, u))
-    return torch.where(two, a, t), torch.where(two, b, u), conf
-
-
-def digit_confidence(p_tens, p_units, t, u):
-    """P(tens = t) x P(units = u), per row."""
-    return p_tens.gather(1, t[:, None]).squeeze(1) * p_units.gather(1, u[:, None]).squeeze(1)
-
-
-def number_prob(p_tens, p_units, n: int) -> float:
-    t, u = dataset.decompose(n)
-    return float(p_tens[t] * p_units[u])
-
-
-def decode_all(p_tens, p_units, cfg, log_prior_tens, halves=None) -> dict:
-    """Every rule at once: rule -> (tens, units, number, confidence). `split` and `halves` only with the halves'
-    probabilities (p_left, p_right)."""
-    fns = {
-        "argmax": lambda: rule_argmax(p_tens, p_units),
-        "anti_empty": lambda: rule_anti_empty(p_tens, p_units, cfg.anti_empty_threshold),
-        "confidence": lambda: rule_confidence(p_tens, p_units, cfg.conf_tens, cfg.conf_units),
-        "same_digit": lambda: rule_same_digit(p_tens, p_units, cfg.same_digit_threshold),
-        "vote": lambda: rule_vote(p_tens, p_units, cfg.vote_thresholds),
-        "logit_adjusted": lambda: rule_logit_adjusted(p_tens, p_units, log_prior_tens, cfg.logit_tau),
-    }
-    if halves is not None:
-        fns |= half_rules(p_tens, p_units, halves, cfg)
-    out = {}
-    for name, fn in fns.items():
-        t, u, *conf = fn()
-        conf = conf[0] if conf else digit_confidence(p_tens, p_units, t, u)
-        out[name] = (t, u, dataset.reconstruct(t, u), conf)
-    return out
-
-
-def half_rules(p_tens, p_units, halves, cfg) -> dict:
-    """The rules that read the crop's halves: name -> () -> (tens, units, confidence)."""
-    return {"split": lambda: rule_split(p_tens, p_units, *halves, cfg.split_threshold),
-            "halves": lambda: rule_halves(p_tens, p_units, *halves)}
-
-
-def halves_of(res):
-    return (res["p_left"], res["p_right"]) if "p_left" in res else None
-
-
-def answers(res, cfg) -> tuple[torch.Tensor, torch.Tensor]:
-    """(number, confidence) per tracklet: the split or halves rule's when set to use it (--rule, --method=split),
-    else the most probable number."""
-    if cfg.rule in ("split", "halves") and "p_left" in res:
-        t, u, conf = half_rules(res["p_tens"], res["p_units"], halves_of(res), cfg)[cfg.rule]()
-        return dataset.reconstruct(t, u), conf
-    conf, number = res["p_num"].max(1)
-    return number, conf
-
-
-def tune(res, decode, grid) -> float:
-    """The value in `grid` whose decoding (value -> tens, units, ...) has the best mean per-number accuracy on `res`
-    (seen validation, where the few two-digit numbers count as much as the many single digits). Ties go to the
-    earlier value: list the grid from the mildest change to the decoding."""
-    def balanced(v):
-        pred = dataset.reconstruct(*decode(v)[:2])
-        return np.mean([m["accuracy"] for m in per_number(res["number"], pred).values()])
-    return float(max(grid, key=balanced))
-
-
-def tune_tau(res, train_counts, taus=tuple(np.round(np.arange(0, 2.01, 0.25), 2))) -> float:
-    prior = tens_log_prior(train_counts)
-    return tune(res, lambda tau: rule_logit_adjusted(res["p_tens"], res["p_units"], prior, tau), taus)
-
-
-def tune_split_threshold(res, grid=tuple(np.round(np.arange(1.0, -0.01, -0.1), 1))) -> float:
-    return tune(res, lambda th: rule_split(res["p_tens"], res["p_units"], *halves_of(res), th), grid)
-
-
-BLANK_PENALTIES = tuple(np.round(np.arange(0, 3.01, 0.5), 1))
-
-
-def with_blank_penalty(res, penalty: float) -> dict:
-    """Predictions of a ctc checkpoint decoded again from their kept column log-probs with another blank penalty
-    (model.ctc_mixture); the columns themselves never carry one."""
-    number = model_lib.ctc_mixture(res["columns"], res["attention"], penalty)
-    p_num, p_tens, p_units = model_lib.probabilities({"number": number})
-    return {**res, "p_num": p_num, "p_tens": p_tens, "p_units": p_units, "logits": number}
-
-
-def tune_blank(res, grid=BLANK_PENALTIES) -> float:
-    def decode(penalty):
-        r = with_blank_penalty(res, penalty)
-        return rule_argmax(r["p_tens"], r["p_units"])
-    return tune(res, decode, grid)
-
-
-def tens_log_prior(train_counts: dict) -> torch.Tensor:
-    """log prior of the tens classes (index 10 = empty) from the training counts stored in the checkpoint."""
-    labels = [dataset.decompose(int(n))[0] for n, c in train_counts.items() for _ in range(int(c))]
-    return train.log_prior(labels, 11) if labels else torch.zeros(11)
-
-
-# ---- metrics ---------------------------------------------------------------------------------------------
-
-def rule_metrics(tens, units, number, conf, res, baseline_number) -> dict:
-    true_n, true_t, true_u = res["number"], res["tens"], res["units"]
-    pct = lambda b: round(100.0 * b.float().mean().item(), 2) if len(b) else 0.0  # noqa: E731
-    return {"accuracy": pct(number == true_n), "tens_accuracy": pct(tens == true_t),
-            "units_accuracy": pct(units == true_u), "both_digits_accuracy": pct((tens == true_t) & (units == true_u)),
-            "mean_confidence": round(conf.mean().item(), 4) if len(conf) else 0.0,
-            "changed_vs_argmax": int((number != baseline_number).sum()),
-            "per_number": per_number(true_n, number)}
-
-
-def per_number(true_n, pred_n) -> dict:
-    out = {}
-    for n in sorted(set(true_n.tolist())):
-        sel = true_n == n
-        correct = int((pred_n[sel] == n).sum())
-        out[str(n)] = {"total": int(sel.sum()), "correct": correct, "accuracy": round(100.0 * correct / int(sel.sum()), 2)}
-    return out
-
-
-def score(res, cfg, train_counts) -> dict:
-    decoded = decode_all(res["p_tens"], res["p_units"], cfg, tens_log_prior(train_counts), halves_of(res))
-    base = decoded["argmax"][2]
-    return {name: rule_metrics(*d, res, base) for name, d in decoded.items()}, decoded
 
 
 # Frame heights (px, as stored) bounding the bands of accuracy_by_height. Broadcast crops of players are often
@@ -300,43 +104,26 @@ def single_frames(model, samples, store, cfg, device, dtype, kw) -> dict:
     'frame_vote' with the answer most frames give (ties: the larger summed confidence)."""
     probs, truth = [], None
     for k in range(cfg.seq_len):
-        res = train.predict_loader(model, _loader(FrameModeDataset(samples, store, mode=k, **kw), cfg), device,
-                                   dtype, cfg, desc=f"stability frame {k + 1}")
+        res = engine.predict_loader(model, engine.eval_loader(FrameModeDataset(samples, store, mode=k, **kw), cfg),
+                                    device, dtype, cfg, desc=f"stability frame {k + 1}")
         probs.append(res["p_num"])
         truth = res["number"]
-    (best, best_conf), (vote, vote_conf) = best_frame_and_vote(torch.stack(probs, 1))
+    (best, best_conf), (vote, vote_conf) = decoding.best_frame_and_vote(torch.stack(probs, 1))
     return {"best_frame": _stability_row(best, best_conf, truth), "frame_vote": _stability_row(vote, vote_conf, truth)}
 
 
-def best_frame_and_vote(p):
-    """Per-frame probabilities [N, T, 100] -> ((answer of the surest frame, its confidence), (the answer most
-    frames give, ties to the larger summed confidence; the mean confidence of its frames))."""
-    conf, answer = p.max(2)
-    rows = torch.arange(len(p))
-    best = conf.argmax(1)
-    count = torch.zeros(len(p), 100).scatter_add_(1, answer, torch.ones_like(conf))
-    total = torch.zeros(len(p), 100).scatter_add_(1, answer, conf)
-    vote = (count + total / (conf.shape[1] + 1)).argmax(1)  # a summed confidence < 1 vote: it only breaks ties
-    return (answer[rows, best], conf[rows, best]), (vote, total[rows, vote] / count[rows, vote])
-
-
-def stability(model, samples, store, cfg, device, dtype, train_counts) -> dict:
+def stability(model, samples, store, cfg, device, dtype) -> dict:
     out = {}
     kw = dict(seq_len=cfg.seq_len, strategy=cfg.eval_sampling, use_anchor=cfg.eval_anchor)
     for mode in ("sequence", "anchor", "random_frame"):
         ds = dataset.TrackletDataset(samples, store, **kw) if mode == "sequence" else \
             FrameModeDataset(samples, store, mode=mode, **kw)
-        res = train.predict_loader(model, _loader(ds, cfg), device, dtype, cfg, desc=f"stability {mode}")
-        metrics, decoded = score(res, cfg, train_counts)
+        res = engine.predict_loader(model, engine.eval_loader(ds, cfg), device, dtype, cfg, desc=f"stability {mode}")
+        metrics, decoded = decoding.score(res)
         conf = decoded[cfg.rule][3]
         out[mode] = {"accuracy": metrics[cfg.rule]["accuracy"], "mean_confidence": round(conf.mean().item(), 4),
                      "confidence_variance": round(conf.var().item(), 6) if len(conf) > 1 else 0.0}
     return {**out, **single_frames(model, samples, store, cfg, device, dtype, kw)}
-
-
-def _loader(ds, cfg):
-    return DataLoader(ds, batch_size=max(cfg.batch_size, 32), shuffle=False, collate_fn=dataset.collate,
-                      num_workers=cfg.num_workers)
 
 
 # ---- not-visible tracklets and the worst mistakes -------------------------------------------------------
@@ -344,7 +131,7 @@ def _loader(ds, cfg):
 def score_not_visible(model, cfg, device, dtype, threshold: float) -> dict | None:
     """SoccerNet's -1 (number not visible) tracklets: right when the model abstains, i.e. its confidence (top
     probability over 0..99, as predict.py's `uncertain`) is below `threshold`. None for other layouts."""
-    root = utils.data_root(cfg)
+    root = dataset.data_root(cfg)
     if not dataset.is_soccernet(root):
         return None
     samples, _ = dataset.crawl(root, [dataset.NOT_VISIBLE])  # its other skips were counted by the main crawl
@@ -358,7 +145,8 @@ def score_not_visible(model, cfg, device, dtype, threshold: float) -> dict | Non
     out = {"total": len(samples), "abstained": 0, "accuracy": 0.0, "threshold": threshold, "skipped": dict(unreadable)}
     if samples:
         ds = dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.eval_sampling, cfg.eval_anchor)
-        res = train.predict_loader(model, _loader(ds, cfg), device, dtype, cfg, desc="evaluate not visible")
+        res = engine.predict_loader(model, engine.eval_loader(ds, cfg), device, dtype, cfg,
+                                    desc="evaluate not visible")
         out["abstained"] = int((res["p_num"].max(1).values < threshold).sum())
         out["accuracy"] = round(100.0 * out["abstained"] / len(samples), 2)
     return out
@@ -373,7 +161,7 @@ def zero_shot_reads(cfg, samples, store, anchor) -> tuple[torch.Tensor, torch.Te
     ds = dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.eval_sampling, anchor)
     utils.seed_everything(cfg.seed)
     numbers, conf, votes = [], [], []
-    for batch in tqdm(_loader(ds, cfg), desc="zero-shot", leave=False, dynamic_ncols=True):
+    for batch in tqdm(engine.eval_loader(ds, cfg), desc="zero-shot", leave=False, dynamic_ncols=True):
         n, c, v = reader(batch["frames"].numpy())
         numbers += n
         conf += c
@@ -393,7 +181,7 @@ def zero_shot_config(argv, extras: dict):
 
 def zero_shot_main(argv) -> dict:
     """evaluate.py --zero_shot: no checkpoint, no training; the results JSON of a trained reader, rule 'vote'."""
-    cfg, extra = zero_shot_config(argv, {"zero_shot": True, "out": "", "split": "test"})
+    cfg, extra = zero_shot_config(argv, config.options("evaluate", zero_shot=True))
     if extra["split"] not in SPLIT_FILES:
         raise config.ConfigError(f"--split must be one of {', '.join(SPLIT_FILES)}")
     samples, store, skipped, anchor = eval_samples(cfg, extra["split"])
@@ -401,7 +189,7 @@ def zero_shot_main(argv) -> dict:
     true = torch.tensor([s.number for s in samples])
     results = {
         "accuracy": round(100.0 * (pred == true).float().mean().item(), 2), "rule": "zero_shot_vote",
-        "per_number": per_number(true, pred), "no_answer": int((pred < 0).sum()), "skipped": dict(skipped),
+        "per_number": decoding.per_number(true, pred), "no_answer": int((pred < 0).sum()), "skipped": dict(skipped),
         "split": extra["split"], "anchor_frames_used": anchor, "numbers": sorted(set(true.tolist())),
         "num_tracklets": len(samples),
         "zero_shot": {"recognizer": cfg.backbone, "package": config.RECOGNIZERS[cfg.backbone][3],
@@ -426,7 +214,7 @@ def zero_shot_main(argv) -> dict:
 def load_for_eval(argv, extras):
     """Checkpoint config, overridden by whatever the user set on the command line. Several comma-separated
     checkpoints are read as one ensemble (model.Ensemble) under the first one's config and stored values."""
-    cli, extra = config.load(argv, extras={"checkpoint": "checkpoints/best_model.pth", **extras})
+    cli, extra = config.load(argv, extras={"checkpoint": config.OPTIONS["checkpoint"][0], **extras}, doc=__doc__)
     members = [load_member(path, cli) for path in extra["checkpoint"].split(",") if path.strip()]
     if not members:
         raise config.ConfigError("--checkpoint: no checkpoint given")
@@ -438,7 +226,7 @@ def load_for_eval(argv, extras):
 
 def load_member(path, cli):
     ckpt = utils.load_checkpoint(path)
-    net, cfg = utils.model_from_checkpoint(ckpt, path)
+    net, cfg = model_lib.model_from_checkpoint(ckpt, path)
     for k in cli._explicit:
         setattr(cfg, k, getattr(cli, k))
     if "max_steps" not in cli._explicit:
@@ -453,32 +241,30 @@ def load_member(path, cli):
 # what every member of an ensemble must share: the frames it reads, and (to be scored on a side of the training
 # split, which must be unseen by all of them) the data and split it was trained on
 ENSEMBLE_INPUT = ("img_size", "crop", "sharpen", "seq_len", "eval_sampling", "eval_anchor", "use_anchor")
-ENSEMBLE_SPLIT = ("data_root", "synth_scale", "synth_seed", "train_classes", "val_split", "split_by")
+ENSEMBLE_SPLIT = ("data_root", "synth_scale", "synth_seed", "train_classes", "val_split", "seed")
 
 
 def ensemble(members, split: str):
     first = members[0][1]
-    split_of = lambda c: [getattr(c, k) for k in ENSEMBLE_SPLIT] + [c.resolved_split_seed()]  # noqa: E731
+    split_of = lambda c: [getattr(c, k) for k in ENSEMBLE_SPLIT]  # noqa: E731
     for path, cfg, _, _ in members:
         differ = [k for k in ENSEMBLE_INPUT if getattr(cfg, k) != getattr(first, k)]
         if differ:
             raise config.ConfigError(f"ensemble: {path} reads other frames than {members[0][0]} ({', '.join(differ)})")
-        if cfg.reads_halves():
-            raise config.ConfigError(f"ensemble: {path} reads the crop's halves (--split_views); not in an ensemble")
         if split != "test" and split_of(cfg) != split_of(first):
             raise config.ConfigError(f"ensemble: {path} was trained on another train/val split than {members[0][0]}, "
-                                     f"so --split={split} would score tracklets one of them trained on; train the "
-                                     "members with one --split_seed, or use --split=test")
+                                     f"so --split={split} would score tracklets one of them trained on; "
+                                     "use --split=test")
     log.info("ensemble of %d checkpoints: the mean of their probabilities", len(members))
     return model_lib.Ensemble([m[3] for m in members])
 
 
 def eval_samples(cfg, split):
     if split != "test":  # a side of the split train.py made (same numbers, fraction, seed)
-        samples, store, skipped = utils.load_samples(cfg, cfg.train_classes)
+        samples, store, skipped = dataset.load_samples(cfg, cfg.train_classes)
         train_side, val_side = dataset.train_val(samples, cfg)
         return (val_side if split == "val" else train_side), store, skipped, cfg.use_anchor
-    samples, store, skipped = utils.load_samples(cfg, cfg.test_classes)
+    samples, store, skipped = dataset.load_samples(cfg, cfg.test_classes)
     return samples, store, skipped, cfg.eval_anchor
 
 
@@ -487,25 +273,17 @@ def run_split(model, cfg, split, device, dtype, data=None):
     samples, store, skipped, anchor = data or eval_samples(cfg, split)
     ds = dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.eval_sampling, anchor)
     utils.seed_everything(cfg.seed)
-    return train.predict_loader(model, _loader(ds, cfg), device, dtype, cfg, desc=f"evaluate {split}"), \
+    return engine.predict_loader(model, engine.eval_loader(ds, cfg), device, dtype, cfg, desc=f"evaluate {split}"), \
         samples, store, skipped, anchor
 
 
-def tune_decoding(model, cfg, extra, res, train_counts, device, dtype) -> dict:
-    """Set the decoding knobs asked for (blank penalty first, then tau and the split threshold, on the penalised
-    reading) on seen-number validation only, never on the numbers being tested; `res` decoded with them."""
+def tune_blank_penalty(model, cfg, extra, res, device, dtype) -> dict:
+    """The ctc head's blank penalty chosen on seen-number validation only, never on the numbers being tested;
+    returns `res` decoded with it."""
     val = res if extra["split"] == "val" else run_split(model, cfg, "val", device, dtype)[0]
-    if extra["tune_blank"]:
-        cfg.blank_penalty = model.blank_penalty = tune_blank(val)
-        val, res = with_blank_penalty(val, cfg.blank_penalty), with_blank_penalty(res, cfg.blank_penalty)
-        log.info("blank penalty %.1f (tuned on seen-number validation)", cfg.blank_penalty)
-    if extra["tune_tau"]:
-        cfg.logit_tau = tune_tau(val, train_counts)
-        log.info("logit adjustment tau %.2f (tuned on seen-number validation)", cfg.logit_tau)
-        if halves_of(val) is not None:
-            cfg.split_threshold = tune_split_threshold(val)
-            log.info("split threshold %.1f (tuned on seen-number validation)", cfg.split_threshold)
-    return res
+    cfg.blank_penalty = model.blank_penalty = decoding.tune_blank(val)
+    log.info("blank penalty %.1f (tuned on seen-number validation)", cfg.blank_penalty)
+    return decoding.with_blank_penalty(res, cfg.blank_penalty)
 
 
 def quantized(net, samples, store, picks=None, ranges=None):
@@ -527,8 +305,7 @@ def main(argv=None):
     if config.flag_given(argv, "zero_shot"):
         utils.setup_logging()
         return zero_shot_main(argv)
-    cfg, extra, ckpt, model = load_for_eval(argv, {"out": "", "stability": False, "split": "test", "tune_tau": False,
-                                                   "tune_blank": False, "uncertain_below": -1.0, "quantize": False})
+    cfg, extra, ckpt, model = load_for_eval(argv, config.options("evaluate"))
     utils.setup_logging()
     if extra["split"] not in SPLIT_FILES:
         raise config.ConfigError(f"--split must be one of {', '.join(SPLIT_FILES)}")
@@ -543,11 +320,10 @@ def main(argv=None):
     calibration = None
     if extra["quantize"]:  # the checkpoint's ranges, else calibrated on the frames of the split (no labels used)
         model, calibration = quantized(model, *data[:2], ranges=ckpt.get("int8_ranges"))
-    train_counts = ckpt.get("train_counts", {})
     res, samples, store, skipped, anchor = run_split(model, cfg, extra["split"], device, dtype, data)
-    if extra["tune_tau"] or extra["tune_blank"]:
-        res = tune_decoding(model, cfg, extra, res, train_counts, device, dtype)
-    rules, decoded = score(res, cfg, train_counts)
+    if extra["tune_blank"]:
+        res = tune_blank_penalty(model, cfg, extra, res, device, dtype)
+    rules, decoded = decoding.score(res)
     t, u, num, conf = decoded[cfg.rule]
     results = {
         "accuracy": rules[cfg.rule]["accuracy"], "rule": cfg.rule, "per_number": rules[cfg.rule]["per_number"],
@@ -573,7 +349,7 @@ def main(argv=None):
     if not_visible is not None:
         results["not_visible"] = not_visible
     if extra["stability"]:
-        results["stability"] = stability(model, samples, store, cfg, device, dtype, train_counts)
+        results["stability"] = stability(model, samples, store, cfg, device, dtype)
     out = extra["out"] or os.path.join(cfg.results_dir, SPLIT_FILES[extra["split"]])
     utils.atomic_save(results, out)
     plots.plot_confusion(res, decoded[cfg.rule], os.path.join(cfg.results_dir, "confusion_matrices", "confusion_matrices.png"))

@@ -3,17 +3,15 @@
     frames [B, T, 3, H, W]
       -> ResNet-18/34/50 trunk (first `freeze_fraction` of its parameter tensors frozen)     per frame
       -> spatial attention (1x1 conv C->C/8, BN, ReLU, 1x1 conv ->1, sigmoid) x features, global avg pool
-         (reader 'positional': [whole, left half, right half] pooled apart, Linear 3C->C, ReLU)
       -> BiLSTM (2 layers, hidden 256, dropout 0.3)                                          over time
       -> temporal attention (Linear 2H->H, tanh, Linear ->1, masked softmax over T), weighted sum
       -> head 'digits':        tens (11 = digits + empty) and units (11) residual MLP heads
-         head 'compositional': tens, units and single-digit scores (10 each) composed into one
-                               softmax over all numbers 0..99: s(N) = single(N) if N < 10 else
-                               tens(N // 10) + units(N % 10)   (no empty class, cf. Grad 2025)
          head 'ctc':           no head on the pooled vector: each frame's feature map is read column by column
                                (height attention-pooled, Conv1d, 11 classes = digits + blank) and scored for
                                every number 0..99 by CTC (Shi et al. 2016); frames are mixed by the temporal
                                attention weights: log P(N) = logsumexp_t(log w_t + log P_t(N))
+    A pretrained text recognizer (ocr.py) can stand in for the trunk: its trunk and neck read text lines cut
+    from bands of the crop, its own classifier (cut to digits and blank) is the ctc head's column reader.
 """
 import copy
 import socket
@@ -24,15 +22,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+import config
 import ocr
-from config import IMAGENET_MEAN, IMAGENET_STD, RECOGNIZERS
+import utils
+from config import BACKBONES, EMPTY, IMAGENET_MEAN, IMAGENET_STD, RECOGNIZERS
 
-EMPTY = 10
 BLANK = 10  # CTC blank among the column classes (digits 0-9 keep their own index)
 NEG = -1e30  # log of "impossible" in the CTC forward pass
-# small trunks: name -> (how many of the six convs are 3x3, the rest 3x1; map columns at 64 px)
-SMALL_CNNS = {"cnn": (6, 8), "cnn_narrow": (3, 8), "cnn_narrow16": (3, 16), "cnn_thin": (2, 16)}
-BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048} | dict.fromkeys(SMALL_CNNS, 256)  # -> channels
+SMALL_CNNS = {"cnn": 6, "cnn_narrow": 3}  # small trunks: name -> how many of the six convs are 3x3, the rest 3x1
 
 
 def _resnet(name: str, pretrained: bool) -> tuple[nn.Module, bool]:
@@ -58,21 +55,16 @@ def _conv(cin: int, cout: int, width: int = 3) -> list[nn.Module]:
             nn.ReLU(inplace=True)]
 
 
-def small_cnn(wide_convs: int = 6, columns: int = 8) -> nn.Sequential:
+def small_cnn(wide_convs: int = 6) -> nn.Sequential:
     """A 6-conv, stride-8 trunk for training from scratch: 1.13 M parameters and 0.14 GMACs per 64 px frame
     (ResNet-18: 11.2 M, 0.15). ResNet's stride-4 stem blurs 8-px digits away; this keeps an 8x8 map at 64 px.
     Each cell of its map sees 62x62 px, the whole crop, so every feature can hold both digits of a print and
     a model can learn '49' as one pattern. Only the first `wide_convs` convs are 3x3, the rest 3x1 (vertical
-    only), which narrows the strip of the crop a map column sees: 22 px with 3 (cnn_narrow, 0.44 M parameters),
-    10 px with 2 (cnn_thin). `columns=16` makes the last pooling vertical only, so columns are 4 px apart, not
-    8, and the last pooling no longer widens the strip (cnn_narrow16: 18 px). Strips and spacing are measured
-    in tests/test_ctc.py. A two-digit print in the torso band looks ~16-20 px wide at 64 px (judged by eye on
-    the embedded data), so only the 10 px strip would see one digit of it at a time; the closer spacing leaves
-    a column between two equal digits ('88') that can read blank, which CTC needs to keep both."""
+    only), which narrows the strip of the crop a map column sees: 22 px with 3 (cnn_narrow, 0.44 M parameters;
+    measured in tests/test_ctc.py), so a column sees about one digit of a two-digit print."""
     w = [3 if i < wide_convs else 1 for i in range(6)]
-    last_pool = nn.MaxPool2d(2) if columns == 8 else nn.MaxPool2d((2, 1))
     return nn.Sequential(*_conv(3, 32, w[0]), nn.MaxPool2d(2), *_conv(32, 64, w[1]), nn.MaxPool2d(2),
-                         *_conv(64, 128, w[2]), *_conv(128, 128, w[3]), last_pool, *_conv(128, 256, w[4]),
+                         *_conv(64, 128, w[2]), *_conv(128, 128, w[3]), nn.MaxPool2d(2), *_conv(128, 256, w[4]),
                          *_conv(256, 256, w[5]))
 
 
@@ -81,7 +73,7 @@ def trunk(name: str, pretrained: bool) -> tuple[nn.Sequential, bool]:
     if name not in BACKBONES:
         raise ValueError(f"backbone must be one of {list(BACKBONES)}, got {name!r}")
     if name in SMALL_CNNS:
-        return small_cnn(*SMALL_CNNS[name]), False
+        return small_cnn(SMALL_CNNS[name]), False
     resnet, loaded = _resnet(name, pretrained)
     return nn.Sequential(*list(resnet.children())[:-2]), loaded  # drop avgpool and fc
 
@@ -167,7 +159,7 @@ class ColumnReader(nn.Module):
     of a two-digit print uses the weights that read single digits in the middle. Each column pools its
     own rows with a learned softmax (the number sits on a few rows of the back). Maps narrower than
     `min_cols` (ResNet at 64 px: 2) are stretched so that '88' (8, blank, 8) still fits; a print two
-    columns wide needs that too (--ctc_columns=16 on the cnn trunk's 8 columns)."""
+    columns wide needs that too."""
 
     def __init__(self, c: int, hidden: int, dropout: float, min_cols: int = 8, context: int = 1):
         super().__init__()
@@ -241,10 +233,9 @@ class DigitHead(nn.Module):
 
 
 class JerseyTemporalNet(nn.Module):
-    def __init__(self, backbone="resnet18", pretrained=True, freeze_fraction=0.6, spatial_attention=True,
-                 temporal_attention=True, lstm_hidden=256, lstm_layers=2, dropout=0.3, head_hidden=256,
-                 head="digits", channels_last=False, reader="pooled", init_path="", ctc_columns=8, ctc_context=1,
-                 blank_penalty=0.0, finetune="neck"):
+    def __init__(self, backbone="resnet18", pretrained=True, freeze_fraction=0.6, lstm_hidden=256, lstm_layers=2,
+                 dropout=0.3, head_hidden=256, head="digits", channels_last=False, init_path="", ctc_columns=8,
+                 ctc_context=1, blank_penalty=0.0, finetune="neck"):
         super().__init__()
         self.blank_penalty = blank_penalty  # ctc head, eval mode only (ctc_mixture)
         self.text = backbone in RECOGNIZERS
@@ -259,30 +250,21 @@ class JerseyTemporalNet(nn.Module):
                 load_trunk(self.backbone, init_path)
                 self.pretrained_loaded = True
             c = BACKBONES[backbone]
-        self.spatial = SpatialAttention(c) if spatial_attention and not self.text else nn.Identity()
-        if reader not in ("pooled", "positional"):
-            raise ValueError(f"reader must be 'pooled' or 'positional', got {reader!r}")
-        # positional: the left and right halves of the feature map are pooled apart, so where a digit
-        # sits (left = tens, right = units) survives pooling instead of being averaged away
-        self.position = nn.Sequential(nn.Linear(3 * c, c), nn.ReLU(inplace=True)) if reader == "positional" else None
+        self.spatial = nn.Identity() if self.text else SpatialAttention(c)
         self.lstm = nn.LSTM(c, lstm_hidden, lstm_layers, batch_first=True, bidirectional=True,
                             dropout=dropout if lstm_layers > 1 else 0.0)
         d = 2 * lstm_hidden
-        self.temporal = TemporalAttention(d) if temporal_attention else None
+        self.temporal = TemporalAttention(d)
         self.head_type = head
         if head == "digits":
             self.tens = DigitHead(d, head_hidden, 11, dropout)
             self.units = DigitHead(d, head_hidden, 11, dropout)
-        elif head == "compositional":
-            self.tens = DigitHead(d, head_hidden, 10, dropout)
-            self.units = DigitHead(d, head_hidden, 10, dropout)
-            self.single = DigitHead(d, head_hidden, 10, dropout)
         elif head == "ctc" and self.text:  # the recognizer's own classifier, cut to digits and blank
             self.columns = self.backbone.digits
         elif head == "ctc":
             self.columns = ColumnReader(c, head_hidden, dropout, ctc_columns, ctc_context)
         else:
-            raise ValueError(f"head must be 'digits', 'compositional' or 'ctc', got {head!r}")
+            raise ValueError(f"head must be 'digits' or 'ctc', got {head!r}")
         self.channels_last = channels_last and not self.text
         if self.text:
             self.backbone.finetune(finetune)
@@ -314,11 +296,7 @@ class JerseyTemporalNet(nn.Module):
             h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=T)
         else:
             h, _ = self.lstm(f)
-        if self.temporal is not None:
-            return (*self.temporal(h, mask), cols)
-        m = torch.ones(B, T, device=x.device) if mask is None else mask.float()
-        w = m / m.sum(1, keepdim=True)
-        return (w.unsqueeze(-1).to(h.dtype) * h).sum(1), w, cols
+        return (*self.temporal(h, mask), cols)
 
     def frame_features(self, f, repeated=None):
         """[N, 3, H, W] -> pooled features [N, C] and column log-probs (ctc head) or None. Frames flagged in
@@ -336,23 +314,14 @@ class JerseyTemporalNet(nn.Module):
         if self.channels_last:
             f = f.contiguous(memory_format=torch.channels_last)
         fmap = self.spatial(self.backbone(f))
-        return self.pool(fmap), self.columns(fmap) if self.head_type == "ctc" else None
-
-    def pool(self, fmap):
-        if self.position is None:
-            return fmap.mean((2, 3))
-        half = max(1, fmap.shape[-1] // 2)
-        parts = (fmap.mean((2, 3)), fmap[..., :half].mean((2, 3)), fmap[..., -half:].mean((2, 3)))
-        return self.position(torch.cat(parts, 1))
+        return fmap.mean((2, 3)), self.columns(fmap) if self.head_type == "ctc" else None
 
     def forward(self, x, mask=None):
         z, attn, cols = self.encode(x, mask)
         if self.head_type == "ctc":  # the columns too, so evaluate.py can decode again with another blank penalty
             penalty = 0.0 if self.training else self.blank_penalty
             return {"number": ctc_mixture(cols, attn, penalty), "attention": attn, "columns": cols}
-        if self.head_type == "digits":
-            return {"tens": self.tens(z), "units": self.units(z), "attention": attn}
-        return {"number": compose_scores(self.tens(z), self.units(z), self.single(z)), "attention": attn}
+        return {"tens": self.tens(z), "units": self.units(z), "attention": attn}
 
     @torch.inference_mode()
     def predict(self, x, mask=None):
@@ -377,12 +346,6 @@ def repeats(x) -> torch.Tensor:
 CTC_TABLES = _ctc_tables()
 
 
-def compose_scores(tens, units, single):
-    """Scores over 0..99: single(N) for N < 10, tens(N // 10) + units(N % 10) for N >= 10."""
-    two = (tens[:, 1:, None] + units[:, None, :]).flatten(1)  # tens 1..9 x units 0..9 -> numbers 10..99
-    return torch.cat([single, two], 1)
-
-
 def probabilities(out):
     """(p_number [B, 100], p_tens [B, 11] with index 10 = empty, p_units [B, 10]) for either head."""
     if "number" in out:
@@ -405,8 +368,8 @@ def number_probs(p_tens, p_units):
 
 class Ensemble(nn.Module):
     """Several checkpoints read as one (evaluate.py / predict.py --checkpoint=a.pth,b.pth): the mean of their
-    probabilities over the 100 numbers, returned as log-probabilities, as a compositional head's scores are, so
-    every decoding rule reads it unchanged. Members read the same frames; the attention is the first one's."""
+    probabilities over the 100 numbers, returned as log-probabilities, as a ctc head's scores are, so every
+    decoding rule reads it unchanged. Members read the same frames; the attention is the first one's."""
 
     def __init__(self, members):
         super().__init__()
@@ -422,12 +385,25 @@ def build(cfg, pretrained: bool | None = None, init_path: str = "") -> JerseyTem
     """The one place a model is made from a config (train, evaluate, analyze and checkpoints use it).
     `init_path`: pretrain.py trunk weights, used when ImageNet weights are off or cannot be had."""
     return JerseyTemporalNet(backbone=cfg.backbone, pretrained=cfg.pretrained if pretrained is None else pretrained,
-                             freeze_fraction=cfg.freeze_fraction, spatial_attention=cfg.spatial_attention,
-                             temporal_attention=cfg.temporal_attention, lstm_hidden=cfg.lstm_hidden,
-                             lstm_layers=cfg.lstm_layers, dropout=cfg.dropout, head_hidden=cfg.head_hidden,
-                             head=cfg.head, channels_last=cfg.channels_last, reader=cfg.reader,
-                             init_path=init_path, ctc_columns=cfg.ctc_columns,
+                             freeze_fraction=cfg.freeze_fraction, lstm_hidden=cfg.lstm_hidden, dropout=cfg.dropout,
+                             head_hidden=cfg.head_hidden, head=cfg.head, channels_last=True, init_path=init_path,
                              ctc_context=cfg.ctc_context, blank_penalty=cfg.blank_penalty, finetune=cfg.finetune)
+
+
+def model_from_checkpoint(ckpt: dict, path: str = "checkpoint"):
+    """Rebuild the exact model a checkpoint was trained with, from what it stores alone."""
+    try:
+        cfg = config.from_dict(ckpt["config"])
+        net = build(cfg, pretrained=False)
+    except (TypeError, ValueError, AttributeError) as err:  # a config from another version of this repo
+        raise utils.CheckpointError(f"{path}: its config does not describe a model this code can build "
+                                    f"({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
+    try:
+        net.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise utils.CheckpointError(f"{path}: weights do not match the architecture it describes "
+                                    f"({str(err).splitlines()[0][:160]})") from None
+    return net, cfg
 
 
 def fused_for_inference(net: JerseyTemporalNet) -> JerseyTemporalNet:

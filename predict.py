@@ -12,13 +12,11 @@ evaluation (seq_len frames, eval_sampling, anchor frames ignored unless --eval_a
 padded by repeating their last frame, so one frame is enough, and long ones keep
 dataset.MAX_TRACKLET_FRAMES evenly spaced frames to pick from.
 
-Per tracklet: predicted number, confidence (its probability in the model's distribution over 0..99; with
---rule=split or halves, a number read from the crop's halves has P(left digit) x P(right digit)), top-3
+Per tracklet: predicted number, confidence (its probability in the model's distribution over 0..99), top-3
 numbers, per-digit probabilities, the temporal attention weight of every frame (next to the file it refers to)
 and `uncertain: true` when confidence < --uncertain_below. That threshold defaults to the one train.py chose on
-the checkpoint's validation answers under the checkpoint's own rule (see train.uncertain_threshold), else 0.5;
-a --rule other than the one the checkpoint was trained with keeps that value, so set --uncertain_below then
-(and for an ensemble, which keeps its first member's).
+the checkpoint's validation answers (decoding.uncertain_threshold), else 0.5; an ensemble keeps its first
+member's. --out must end in .json or .csv; it is checked before anything is read.
 
 --quantize=auto|true|false (default auto): where the trunk (the convolutions, ~80% of the model's time) runs in
 INT8 on the CPU: post-training static quantization with the activation ranges train.py stored in the checkpoint
@@ -26,34 +24,44 @@ INT8 on the CPU: post-training static quantization with the activation ranges tr
 labels needed), about twice the speed of the bfloat16 trunk; the LSTM and heads keep the usual precision. auto
 uses it when the model runs on a CPU and the checkpoint carries ranges for this machine's quantized engine: it
 answers as the float model on 94-99% of tracklets, with seen and held-out accuracy unchanged, and on perturbed
-footage (perturb.py: brighter, darker, blurred, ...) within 1.6 points, 0.3 on average (TECHNICAL_REPORT.md
-section 8); false keeps the float model. An explicit --quantize (true) on labelled inputs also runs the float model and reports both
+footage (experiments/perturb.py: brighter, darker, blurred, ...) within 1.6 points, 0.3 on average
+(TECHNICAL_REPORT.md); false keeps the float model. An explicit --quantize (true) on labelled inputs also runs the float model and reports both
 accuracies. With --export_onnx, --quantize writes <name>.int8.onnx with onnxruntime's dynamic quantiser (about a
 quarter of the float file) and reports sizes and the largest probability change.
 """
+import config
+
+EXTRAS = config.options("predict", quantize="auto")
+if __name__ == "__main__":  # --help before torch is imported, so it prints at once
+    config.exit_on_help(__doc__, EXTRAS)
+
 import csv
 import dataclasses
 import inspect
 import io
+import logging
 import os
 import sys
+import tempfile
 import warnings
 from collections import Counter
 
 import numpy as np
+import onnxruntime as ort
 import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch.utils.data import DataLoader, Dataset
 
-import config
 import dataset
+import decoding
+import engine
 import evaluate
 import model as model_lib
 import ocr
-import train
 import utils
 
 log = utils.log
-EXTRAS = {"out": "", "export_onnx": "", "quantize": "auto", "uncertain_below": -1.0, "zero_shot": False}
+OUT_EXTS = (".json", ".csv")
 CHOICE_FLAGS = {"quantize"}  # flags whose value is optional: true/false/auto, never an INPUT
 CHOICE_WORDS = config.TRUE_WORDS + config.FALSE_WORDS + ("auto",)
 
@@ -85,7 +93,7 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _images(folder: str) -> list[str]:
-    names = [e.name for e in os.scandir(folder) if e.name.lower().endswith(dataset.IMG_EXTS) and e.is_file()]
+    names = [e.name for e in os.scandir(folder) if e.name.lower().endswith(config.IMG_EXTS) and e.is_file()]
     return [os.path.join(folder, f) for f in sorted(names, key=dataset._natural_key)]
 
 
@@ -185,13 +193,13 @@ def pick_frames(samples, cfg) -> list[list[int]]:
 def run(net, samples, store, picks, cfg, device, dtype, desc="predict") -> dict:
     loader = DataLoader(Picked(samples, store, picks), batch_size=cfg.batch_size, shuffle=False,
                         collate_fn=dataset.collate, num_workers=cfg.num_workers)
-    return train.predict_loader(net, loader, device, dtype, cfg, desc=desc)
+    return engine.predict_loader(net, loader, device, dtype, cfg, desc=desc)
 
 
-def rows(res, samples, picks, threshold: float, cfg) -> list[dict]:
+def rows(res, samples, picks, threshold: float) -> list[dict]:
     """One JSON-ready record per tracklet, in input order."""
     top_p, top_n = res["p_num"].topk(3, dim=1)
-    number, confidence = evaluate.answers(res, cfg)
+    number, confidence = decoding.answers(res)
     out = []
     for k, i in enumerate(res["index"].tolist()):
         s, conf = samples[i], float(confidence[k])
@@ -199,7 +207,7 @@ def rows(res, samples, picks, threshold: float, cfg) -> list[dict]:
                "uncertain": conf < threshold,
                "top3": [{"number": int(n), "probability": round(float(p), 4)} for n, p in zip(top_n[k], top_p[k])],
                "tens_probs": {**{str(d): round(float(res["p_tens"][k, d]), 4) for d in range(10)},
-                              "empty": round(float(res["p_tens"][k, dataset.EMPTY]), 4)},
+                              "empty": round(float(res["p_tens"][k, config.EMPTY]), 4)},
                "units_probs": {str(d): round(float(res["p_units"][k, d]), 4) for d in range(10)},
                "frames": view_names(s, picks[i], len(res["attention"][k])),
                "attention": [round(float(w), 4) for w in res["attention"][k]]}
@@ -232,6 +240,23 @@ def summary(preds: list[dict]) -> dict:
         out["not_visible"] = {"total": len(hidden), "abstained": flagged,
                               "accuracy": round(100.0 * flagged / len(hidden), 2)}
     return out
+
+
+def check_out(path: str) -> None:
+    """Fail before any reading or inference when --out has an unknown format or cannot be written."""
+    if not path.lower().endswith(OUT_EXTS):
+        raise config.ConfigError(f"--out {path!r}: the file name must end in .json or .csv")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        if os.path.isdir(path):
+            raise IsADirectoryError(21, "it is a folder")
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            raise PermissionError(13, "the file is read-only")
+    except OSError as err:
+        raise config.ConfigError(f"--out {path!r} cannot be written ({err.strerror})") from None
 
 
 def write(preds: list[dict], meta: dict, path: str) -> None:
@@ -303,7 +328,6 @@ def export_onnx(net, cfg, path: str) -> None:
 def onnx_max_diff(net, path: str, cfg, shapes=((3, 7), (1, 1))) -> float:
     """Largest absolute difference between onnxruntime and PyTorch outputs, on batch/time shapes unlike the
     export example's, so the dynamic axes are exercised."""
-    import onnxruntime as ort
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     view, worst = OnnxView(net.cpu().eval()).eval(), 0.0
     gen = torch.Generator().manual_seed(0)
@@ -318,8 +342,6 @@ def onnx_max_diff(net, path: str, cfg, shapes=((3, 7), (1, 1))) -> float:
 
 def quantize_onnx(src: str, dst: str) -> None:
     """onnxruntime's dynamic quantiser: INT8 weights for the op types it supports (Conv, MatMul, LSTM, ...)."""
-    import logging
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     logging.disable(logging.WARNING)  # it logs a line per tensor it leaves alone
     try:
         quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
@@ -365,7 +387,7 @@ def net_is_text(net) -> bool:
 def wants_int8(choice: str, ckpt: dict, device: torch.device) -> bool:
     """Whether to run the trunk in INT8: --quantize=true/false as said; auto where the model runs on a CPU and the
     checkpoint carries activation ranges for this machine's quantized engine (then it needs no calibration pass;
-    its accuracy against the float model: report section 8)."""
+    its accuracy against the float model: TECHNICAL_REPORT.md)."""
     if choice != "auto":
         return choice == "true"
     ranges = ckpt.get("int8_ranges")
@@ -380,6 +402,10 @@ def zero_shot(opts, inputs):
     utils.setup_logging()
     if not inputs:
         raise config.ConfigError("no INPUT given: python predict.py --zero_shot FOLDER [FOLDER ...]")
+    out = extra["out"] or os.path.join(cfg.results_dir, "predictions.json")
+    if out.lower().endswith(".csv"):
+        raise config.ConfigError("--zero_shot writes JSON (its rows hold no digit probabilities for the CSV)")
+    check_out(out)
     samples, store, skipped = load_inputs(inputs, cfg)
     picks = pick_frames(samples, cfg)
     reader = ocr.ZeroShot(cfg.backbone)
@@ -393,9 +419,6 @@ def zero_shot(opts, inputs):
                           **({"true": s.number} if s.number is not None else {})})
     meta = {"zero_shot": cfg.backbone, "package": config.RECOGNIZERS[cfg.backbone][3], "skipped": dict(skipped),
             "uncertain_below": 0.0, **summary(preds)}
-    out = extra["out"] or os.path.join(cfg.results_dir, "predictions.json")
-    if out.lower().endswith(".csv"):
-        raise config.ConfigError("--zero_shot writes JSON (its rows hold no digit probabilities for the CSV)")
     utils.atomic_save({**meta, "predictions": preds}, out)
     report(preds, meta, out)
     return preds, meta
@@ -403,9 +426,7 @@ def zero_shot(opts, inputs):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if "-h" in argv or "--help" in argv:
-        print(__doc__)
-        raise SystemExit(0)
+    config.exit_on_help(__doc__, EXTRAS, argv)
     opts, inputs = split_argv(argv)
     if config.flag_given(opts, "zero_shot"):
         return zero_shot(opts, inputs)
@@ -426,6 +447,8 @@ def main(argv=None):
         return export(net, cfg, extra["export_onnx"], extra["quantize"] == "true")
     if not inputs:
         raise config.ConfigError("no INPUT given: python predict.py --checkpoint CKPT FOLDER [FOLDER ...]")
+    out = extra["out"] or os.path.join(cfg.results_dir, "predictions.json")
+    check_out(out)
     threshold = utils.uncertain_threshold(ckpt, extra["uncertain_below"])
     device = utils.device_of(cfg)
     int8 = wants_int8(extra["quantize"], ckpt, device)
@@ -445,15 +468,14 @@ def main(argv=None):
         if labelled and extra["quantize"] == "true":  # asked for: what INT8 costs, on these very tracklets
             res_float = run(model_lib.fused_for_inference(net), samples, store, picks, cfg, device, dtype,
                             desc="predict float (for comparison)")
-            float_summary = summary(rows(res_float, samples, picks, threshold, cfg))
+            float_summary = summary(rows(res_float, samples, picks, threshold))
             meta["quantization"].update(compare(res_float, res), float_accuracy=float_summary.get("accuracy"))
     else:
         res = run(model_lib.fused_for_inference(net), samples, store, picks, cfg, device, dtype)
-    preds = rows(res, samples, picks, threshold, cfg)
+    preds = rows(res, samples, picks, threshold)
     meta.update(summary(preds))
     if "float_accuracy" in meta.get("quantization", {}):
         meta["quantization"]["int8_accuracy"] = meta.get("accuracy")
-    out = extra["out"] or os.path.join(cfg.results_dir, "predictions.json")
     write(preds, meta, out)
     report(preds, meta, out)
     return preds, meta

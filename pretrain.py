@@ -1,30 +1,29 @@
 """Digit-glyph pretraining of the trunk: the offline stand-in for ImageNet weights.
 
 Without internet there are no ImageNet weights, and a trunk trained from random weights on a few thousand
-tracklets stays on the majority-class plateau instead of finding the small, soft digits (TECHNICAL_REPORT.md,
-section 6).
+tracklets stays on the majority-class plateau instead of finding the small, soft digits.
 Text recognisers solve the same cold start with synthetic text (MJSynth, SynthText): this renders numbers
 in many fonts, sizes, colours, positions and degradations onto cluttered backgrounds and trains the trunk to
-read them with a tens head (10 = empty) and a units head. By default (pretrain_pairs=0) every render is a
-single digit 0-9. With --pretrain_pairs=P, a share P are two-digit numbers, so the trunk also learns which
-digit stands left of which; numbers the repo scores as unseen (synth.EVALUATED_UNSEEN and test_classes) are
-never rendered, and the cached trunk's file name records that set. The log then also says how many renders of
-those never-rendered two-digit numbers the glyph net reads (`glyph_unseen_acc` in the file): whether the trunk
-composes digits it only saw in other pairs, before any tracklet is involved.
+read them with a tens head (10 = empty) and a units head. Every render is a single digit 0-9, so no number
+the repo scores is ever rendered (two-digit renders did not move held-out accuracy).
 
 The fonts are matplotlib's, but none of the font files `synth.py` prints jersey numbers with, so the
 embedded data does not share glyph shapes with the pretraining images.
 
     python pretrain.py --backbone=cnn       # writes data/cache/glyph_cnn_96px_1500steps_20000img.pth
-    python pretrain.py --pretrain_steps=3000 --img_size=64 --out_path=trunk.pth
+    python pretrain.py --steps=3000 --img_size=64 --out_path=trunk.pth
 train.py uses it when --backbone_init=auto (default) and ImageNet weights cannot be had.
 An interrupted run continues from <out>.partial, written every SAVE_EVERY steps, when started again.
 """
+import config
+
+if __name__ == "__main__":  # --help before torch is imported, so it prints at once
+    config.exit_on_help(__doc__, config.options("pretrain"))
+
 import os
 import random
 import sys
 import time
-import zlib
 from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from multiprocessing import Pool
@@ -38,10 +37,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from tqdm import tqdm
 
-import config
 import dataset
 import model as model_lib
-import synth
 import utils
 
 log = utils.log
@@ -53,6 +50,8 @@ FONTS = [("DejaVuSans-BoldOblique.ttf", 0.0), ("DejaVuSans-Oblique.ttf", 0.04), 
 SEED = 0  # fixed like ImageNet weights are: every run and seed starts from the same trunk
 SAVE_EVERY = 250  # steps between resumable snapshots (<out>.partial), so a crash costs at most that many
 RENDER = 3  # glyphs are drawn at 3x and downscaled, so they end up soft like printed numbers seen from afar
+STEPS = config.OPTIONS["steps"][0]  # the budget train.py pretrains with when it needs a trunk
+IMAGES = 20000  # renders in the training bank
 
 
 @lru_cache(maxsize=None)
@@ -126,25 +125,17 @@ def _glyph(rng: np.random.Generator, number: int, s: int, min_size: float) -> Im
     return glyph
 
 
-def numbers(n: int, seed: int, pairs: float, exclude=()) -> np.ndarray:
-    """n labels: single digits 0-9 in turn, and with probability `pairs` a two-digit number 10-99 instead,
-    uniform over those not in `exclude` (the numbers the repo scores as unseen are never rendered)."""
-    rng = np.random.default_rng([seed, n])
-    two = np.setdiff1d(np.arange(10, 100), np.asarray(list(exclude), dtype=int))
-    return np.where(rng.random(n) < pairs, rng.choice(two, n), np.arange(n) % 10)
-
-
 def _render_chunk(args):
     seed, start, labels, size, min_size = args
     rng = np.random.default_rng([seed, start])
     return np.stack([render(rng, int(k), size, min_size) for k in labels])
 
 
-def make_bank(n: int, size: int, seed: int, workers: int = 0, pairs: float = 0.0,
-              exclude=(), min_size: float = 0.3, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """n rendered numbers (uint8 [n, size, size, 3]) and their labels (see `numbers`, or the given `labels`);
-    the same bytes for any worker count."""
-    labels = numbers(n, seed, pairs, exclude) if labels is None else np.asarray(labels)
+def make_bank(n: int, size: int, seed: int, workers: int = 0, min_size: float = 0.3,
+              labels=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """n rendered numbers (uint8 [n, size, size, 3]) and their labels (the digits 0-9 in turn, or the given
+    `labels`); the same bytes for any worker count."""
+    labels = np.arange(n) % 10 if labels is None else np.asarray(labels)
     chunks = [(seed, i, labels[i:i + 500], size, min_size) for i in range(0, n, 500)]
     workers = workers or min(len(chunks), os.cpu_count() or 1)
     with Pool(workers) if workers > 1 else nullcontext() as pool:
@@ -153,28 +144,9 @@ def make_bank(n: int, size: int, seed: int, workers: int = 0, pairs: float = 0.0
     return torch.from_numpy(np.concatenate(parts)), torch.from_numpy(labels)
 
 
-def excluded(cfg) -> list[int]:
-    return sorted(set(synth.EVALUATED_UNSEEN) | set(cfg.test_classes))
-
-
-def unseen_accuracy(net, cfg, device, dtype, n: int = 500) -> float | None:
-    """% of renders of the never-rendered two-digit numbers read right: whether the glyph net composes digits it
-    only saw in other pairs (None without pair renders, where there is nothing to compose from)."""
-    two = [k for k in excluded(cfg) if k >= 10]
-    if cfg.pretrain_pairs == 0 or not two:
-        return None
-    frames, labels = make_bank(n, cfg.img_size, SEED + 2, min_size=cfg.pretrain_min_size, labels=np.resize(two, n))
-    return accuracy(net, frames, labels, device, dtype)
-
-
-def weights_path(cfg) -> str:
+def weights_path(cfg, steps: int = 0) -> str:
     """Where backbone_init=auto caches the trunk: like ImageNet weights, one file shared by every run and seed."""
-    name = f"glyph_{cfg.backbone}_{cfg.img_size}px_{cfg.pretrain_steps}steps_{cfg.pretrain_images}img"
-    if cfg.pretrain_pairs > 0:  # which numbers were left out is part of what the trunk is
-        name += f"_pairs{cfg.pretrain_pairs:g}_x{zlib.crc32(str(excluded(cfg)).encode()):08x}"
-    if cfg.pretrain_min_size != config.Config.pretrain_min_size:  # the default keeps the older caches' names
-        name += f"_min{cfg.pretrain_min_size:g}"
-    return os.path.join(cfg.cache_dir, name + ".pth")
+    return os.path.join(cfg.cache_dir, f"glyph_{cfg.backbone}_{cfg.img_size}px_{steps or STEPS}steps_{IMAGES}img.pth")
 
 
 def _batches(frames, labels, batch_size, steps, gen):
@@ -225,11 +197,13 @@ def accuracy(net, frames, labels, device, dtype) -> float:
     return 100.0 * hits / max(len(frames), 1)
 
 
-def pretrain(cfg, out: str = "") -> str:
-    """Train a `cfg.backbone` digit classifier on rendered glyphs; save its trunk where model.build finds it."""
-    out = out or weights_path(cfg)
+def pretrain(cfg, out: str = "", steps: int = 0) -> str:
+    """Train a `cfg.backbone` digit classifier on rendered glyphs (`steps`, default STEPS); save its trunk where
+    model.build finds it."""
+    steps = steps or STEPS
+    out = out or weights_path(cfg, steps)
     with isolated_rng():
-        return _pretrain(cfg, out)
+        return _pretrain(cfg, out, steps)
 
 
 @contextmanager
@@ -242,26 +216,24 @@ def isolated_rng():
     np.random.set_state(np_state)
 
 
-def _pretrain(cfg, out):
-    device = torch.device(cfg.resolved_device())
+def _pretrain(cfg, out, steps):
+    device = torch.device(utils.resolved_device(cfg.device))
     dtype = utils.amp_dtype(device, cfg.amp)
     utils.seed_everything(SEED)
-    bank = {"pairs": cfg.pretrain_pairs, "exclude": excluded(cfg), "min_size": cfg.pretrain_min_size}
-    frames, labels = make_bank(cfg.pretrain_images, cfg.img_size, SEED, **bank)
-    val_frames, val_labels = make_bank(min(1000, cfg.pretrain_images), cfg.img_size, SEED + 1, **bank)
+    frames, labels = make_bank(IMAGES, cfg.img_size, SEED)
+    val_frames, val_labels = make_bank(min(1000, IMAGES), cfg.img_size, SEED + 1)
     body = model_lib.trunk(cfg.backbone, pretrained=False)[0]
-    net = GlyphNet(body, model_lib.BACKBONES[cfg.backbone]).to(device, memory_format=torch.channels_last)
+    net = GlyphNet(body, config.BACKBONES[cfg.backbone]).to(device, memory_format=torch.channels_last)
     opt = utils.adamw(net.parameters(), device, cfg.lr, cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.pretrain_steps, pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=steps, pct_start=0.15)
     gen = torch.Generator().manual_seed(SEED)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # float16 autocast on CUDA
     state = {"net": net, "opt": opt, "sched": sched, "scaler": scaler, "gen": gen}
     partial = out + ".partial"
-    key = [cfg.backbone, cfg.img_size, cfg.pretrain_steps, cfg.pretrain_images, cfg.lr, cfg.pretrain_pairs,
-           cfg.pretrain_min_size]
+    key = [cfg.backbone, cfg.img_size, steps, IMAGES, cfg.lr]
     start, run = _resume(partial, key, state)
-    bar = tqdm(_batches(frames, labels, 64, cfg.pretrain_steps - start, gen), initial=start,
-               total=cfg.pretrain_steps, desc="glyph pretraining", dynamic_ncols=True)
+    bar = tqdm(_batches(frames, labels, 64, steps - start, gen), initial=start, total=steps,
+               desc="glyph pretraining", dynamic_ncols=True)
     t0 = time.time()
     for step, (x, y) in enumerate(bar, start):
         with utils.autocast(device, dtype):
@@ -273,19 +245,18 @@ def _pretrain(cfg, out):
         sched.step()
         run = loss.item() if step == 0 else 0.98 * run + 0.02 * loss.item()
         bar.set_postfix(loss=f"{run:.3f}")
-        if (step + 1) % SAVE_EVERY == 0 and step + 1 < cfg.pretrain_steps:
+        if (step + 1) % SAVE_EVERY == 0 and step + 1 < steps:
             _save_partial(partial, key, state, step + 1, run)
-    acc, unseen = accuracy(net, val_frames, val_labels, device, dtype), unseen_accuracy(net, cfg, device, dtype)
-    log.info("glyph accuracy: %.1f%% on training renders, %.1f%% on %d new ones%s",
-             accuracy(net, frames[:1000], labels[:1000], device, dtype), acc, len(val_labels),
-             "" if unseen is None else f", {unseen:.1f}% on never-rendered two-digit numbers")
+    acc = accuracy(net, val_frames, val_labels, device, dtype)
+    log.info("glyph accuracy: %.1f%% on training renders, %.1f%% on %d new ones",
+             accuracy(net, frames[:1000], labels[:1000], device, dtype), acc, len(val_labels))
     utils.atomic_save({"trunk": {k: v.cpu() for k, v in body.state_dict().items()}, "backbone": cfg.backbone,
-                       "img_size": cfg.img_size, "steps": cfg.pretrain_steps, "images": cfg.pretrain_images,
-                       "seed": SEED, "glyph_val_acc": acc, "glyph_unseen_acc": unseen, **bank}, out)
+                       "img_size": cfg.img_size, "steps": steps, "images": IMAGES, "seed": SEED,
+                       "glyph_val_acc": acc}, out)
     if os.path.exists(partial):
         os.remove(partial)
     log.info("glyph pretraining: %d steps (%d this call) in %.0f s, held-out render accuracy %.1f%% -> %s",
-             cfg.pretrain_steps, cfg.pretrain_steps - start, time.time() - t0, acc, out)
+             steps, steps - start, time.time() - t0, acc, out)
     return out
 
 
@@ -321,8 +292,9 @@ def _resume(path, key, state) -> tuple[int, float]:
 
 def main(argv=None):
     utils.setup_logging()
-    cfg, extra = config.load(sys.argv[1:] if argv is None else argv, extras={"out_path": ""})
-    pretrain(cfg, extra["out_path"])
+    cfg, extra = config.load(sys.argv[1:] if argv is None else argv, extras=config.options("pretrain"),
+                             doc=__doc__)
+    pretrain(cfg, extra["out_path"], extra["steps"])
 
 
 if __name__ == "__main__":

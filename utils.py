@@ -1,5 +1,7 @@
-"""Run-time plumbing shared by the scripts: logging, seeding, devices, autocast, checkpoints, data set-up."""
+"""Run-time plumbing shared by the scripts: logging, seeding, devices, autocast, checkpoint files. Imports no
+module of this repo but config."""
 import contextlib
+import json
 import logging
 import os
 import random
@@ -10,7 +12,6 @@ import numpy as np
 import torch
 
 import config
-import dataset
 
 log = logging.getLogger("jersey")
 CHECKPOINT_VERSION = 1
@@ -33,10 +34,17 @@ def seed_everything(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
+def resolved_device(name: str) -> str:
+    """auto -> cuda when available, else cpu; a CUDA device asked for on a machine without CUDA -> cpu."""
+    if name == "auto" or not torch.cuda.is_available():
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 def device_of(cfg) -> torch.device:
-    for w in cfg.warnings():
-        log.warning("warning: %s", w)
-    return torch.device(cfg.resolved_device())
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        log.warning("warning: device=%s asked for but CUDA is not available: falling back to CPU", cfg.device)
+    return torch.device(resolved_device(cfg.device))
 
 
 def amp_dtype(device: torch.device, enabled: bool):
@@ -90,7 +98,6 @@ def atomic_save(obj, path: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     if path.endswith(".json"):
-        import json
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, default=_jsonable)
     else:
@@ -117,6 +124,11 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     """Load with weights_only=True (a pickle carrying code is refused); one clear error on any problem."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} not found (train first: python train.py)")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head not in (b"PK", b"\x80\x02"):  # torch.save writes a zip archive (legacy: a protocol-2 pickle)
+        raise CheckpointError(f"{path!r} is not a PyTorch checkpoint (a text file, or something else torch.save "
+                              "did not write)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - corrupt, truncated or unsafe pickle
@@ -127,23 +139,6 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict, path: str = "checkpoint"):
-    """Rebuild the exact model a checkpoint was trained with, from what it stores alone."""
-    import model as model_lib
-    try:
-        cfg = config.from_dict(ckpt["config"])
-        net = model_lib.build(cfg, pretrained=False)
-    except (TypeError, ValueError, AttributeError) as err:  # a config from another version of this repo
-        raise CheckpointError(f"{path}: its config does not describe a model this code can build "
-                              f"({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
-    try:  # train.py validated and picked the averaged weights when it kept them (--ema_decay)
-        net.load_state_dict(ckpt.get("model_ema", ckpt["model"]))
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not match the architecture it describes "
-                              f"({str(err).splitlines()[0][:160]})") from None
-    return net, cfg
-
-
 def uncertain_threshold(ckpt: dict, override: float = -1.0) -> float:
     """Confidence below which a prediction is flagged uncertain: `override` if >= 0, else the value train.py
     chose on the checkpoint's validation predictions, else 0.5."""
@@ -151,35 +146,3 @@ def uncertain_threshold(ckpt: dict, override: float = -1.0) -> float:
     if not 0 <= value <= 1:
         raise config.ConfigError(f"--uncertain_below must be in [0, 1], got {value}")
     return value
-
-
-def data_root(cfg) -> str:
-    """The user's data root, or the embedded synthetic data (generated once, then reused)."""
-    if cfg.data_root:
-        return cfg.data_root
-    import synth
-    root = os.path.join(cfg.synth_root, f"scale{cfg.synth_scale:g}_seed{cfg.synth_seed}")
-    log.info("No data_root set: using the embedded synthetic data (--data_root=DIR for your own).")
-    path = synth.ensure_dataset(root, scale=cfg.synth_scale, seed=cfg.synth_seed)
-    sheet = os.path.join(cfg.results_dir, "synth_samples.png")
-    if not os.path.isfile(sheet):  # one look at what the model is trained on
-        synth.contact_sheet(path, sheet)
-    return str(path)
-
-
-def load_samples(cfg, numbers, root: str | None = None, workers: int = 0):
-    """Crawl, decode once (cached) and clean the samples of `numbers`; returns (samples, store, skipped)."""
-    root = root or data_root(cfg)
-    try:
-        samples, skipped = dataset.crawl(root, numbers)
-    except (FileNotFoundError, ValueError) as err:  # ValueError: an unreadable SoccerNet *_gt.json
-        raise config.ConfigError(str(err)) from None
-    if not samples:
-        raise config.ConfigError(f"no sub-tracklet with images for numbers {sorted(numbers)} under {root!r}")
-    store = dataset.FrameStore.of(samples, cfg, cfg.cache_dir, workers)
-    samples = store.drop_unreadable(samples, skipped)
-    missing = sorted(set(numbers) - {s.number for s in samples})
-    if missing:
-        raise config.ConfigError(f"no usable sample for number(s) {missing} under {root!r}")
-    dataset.report_skips(skipped)
-    return samples, store, skipped

@@ -1,7 +1,7 @@
 """Perturbed copies of a tracklet dataset, for robustness checks (light, contrast, blur, resolution, colours,
 angle, occlusion, motion, an off-centre box).
 
-    python perturb.py --src data/synthetic/scale1_seed0 --out data/perturbed --numbers=4,8,49,48,64,88
+    python -m experiments.perturb --src data/synthetic/scale1_seed0 --out data/perturbed --numbers=4,8,49,48,64,88
     python predict.py --checkpoint checkpoints/best_model.pth data/perturbed/blur --quantize   # INT8 vs float
     python evaluate.py --checkpoint checkpoints/best_model.pth --data_root=data/perturbed/dark   # held-out numbers
 
@@ -29,6 +29,8 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from tqdm import tqdm
 
+from config import IMG_EXTS
+
 OPS = {
     "copy": lambda im: im,  # re-encoded only: the baseline the others are compared with
     "bright": lambda im: ImageEnhance.Brightness(im).enhance(1.6),
@@ -43,7 +45,6 @@ OPS = {
     "motion": lambda im: im.filter(ImageFilter.Kernel((5, 5), [0] * 10 + [1] * 5 + [0] * 10, scale=5)),
     "offcentre": lambda im: _shifted(im, 0.15),
 }
-IMAGE_EXT = (".jpg", ".jpeg", ".png")
 
 
 def _edge_colour(im: Image.Image) -> tuple:
@@ -77,7 +78,7 @@ def images(src: str, numbers: list[str] | None) -> list[str]:
     out = []
     for top in chosen:
         for root, _, files in os.walk(os.path.join(src, top)):
-            out += [os.path.relpath(os.path.join(root, f), src) for f in sorted(files) if f.lower().endswith(IMAGE_EXT)]
+            out += [os.path.relpath(os.path.join(root, f), src) for f in sorted(files) if f.lower().endswith(IMG_EXTS)]
     return out
 
 

@@ -8,33 +8,34 @@ from pathlib import Path
 
 import torch
 
-import ablate
 import config
 import model
+import pretrain
+from experiments import ablate
 
 
 def test_grid_writes_every_run_and_a_table_and_resumes(tmp_path):
     res = tmp_path / "ablation.json"
-    argv = ["--methods=original,compose_paste,torso_crop", "--seeds=1", "--epochs=1", "--synth_scale=0.01",
+    argv = ["--methods=original,suppress_0.1,torso_crop", "--seeds=1", "--epochs=1", "--synth_scale=0.01",
             f"--out_dir={tmp_path / 'ck'}", f"--results={res}", f"--log_dir={tmp_path / 'logs'}",
             f"--synth_root={tmp_path / 'synth'}", f"--cache_dir={tmp_path / 'cache'}", "--img_size=32", "--seq_len=2",
             "--pretrained=false", "--lstm_hidden=8", "--head_hidden=8", "--max_steps=2", "--amp=false",
             "--batch_size=4"]
     ablate.main(argv)
     rows = json.loads(res.read_text())["runs"]
-    assert [(r["method"], r["seed"]) for r in rows] == [("original", 1), ("compose_paste", 1), ("torso_crop", 1)]
+    assert [(r["method"], r["seed"]) for r in rows] == [("original", 1), ("suppress_0.1", 1), ("torso_crop", 1)]
     for r in rows:
         assert 0 <= r["val"]["argmax"] <= 100 and "heldout" in r and "extra_unseen" in r
     # every method runs on the SPEC's whole frame, whatever train.py's default, except the torso band, pinned
     assert [r["crop"] for r in rows] == [[0.0, 0.0, 1.0, 1.0]] * 2 + [[0.0, 0.05, 1.0, 0.65]]
     # each run logs under its grid's out_dir name, so grids of other budgets do not share a TensorBoard folder
     assert sorted(os.listdir(tmp_path / "logs")) == [f"ck_original_{m}_s1" for m in sorted(
-        ("original", "compose_paste", "torso_crop"))]
+        ("original", "suppress_0.1", "torso_crop"))]
     # the box_* methods run on the default crop, the band's with its width narrowed (report 6.22)
-    box = config.load(["--method=original"] + ablate.METHODS["box_suppress_1"])[0]
+    box = config.load(["--method=original"] + ablate.GRID["box_suppress_1"])[0]
     assert box.crop == config.TORSO_CROP and box.crop[0] > 0 and box.empty_suppression == 1
     table = (tmp_path / "ablation.md").read_text()
-    assert "| original |" in table and "| compose_paste |" in table
+    assert "| original |" in table and "| suppress_0.1 |" in table
     assert "seen two-digit" in table and "held-out anti_empty" in table
     # a results file from an older ablate.py (no two-digit figure) is completed from each run's val.json
     old = json.loads(res.read_text())
@@ -61,24 +62,22 @@ def test_seen_number_share_counts_answers_that_are_two_digit_training_numbers():
 
 def test_parallel_grid_runs_every_job_once(tmp_path):
     res = tmp_path / "ablation.json"
-    argv = ["--methods=ctc,torso_compose_paste_pairs", "--seeds=3", "--epochs=1", "--synth_scale=0.01", "--jobs=2",
+    argv = ["--methods=ctc_nomix,torso_narrow_ctc", "--seeds=3", "--epochs=1", "--synth_scale=0.01", "--jobs=2",
             f"--out_dir={tmp_path / 'ck'}", f"--results={res}", f"--log_dir={tmp_path / 'logs'}",
             f"--synth_root={tmp_path / 'synth'}", f"--cache_dir={tmp_path / 'cache'}", "--img_size=32", "--seq_len=2",
             "--pretrained=false", "--backbone=cnn", "--lstm_hidden=8", "--head_hidden=8", "--max_steps=2",
             "--amp=false", "--batch_size=4"]
     ablate.main(argv)
     rows = json.loads(res.read_text())["runs"]
-    assert sorted((r["method"], r["seed"]) for r in rows) == [("ctc", 3), ("torso_compose_paste_pairs", 3)]
-    ctc, pairs = sorted(rows, key=lambda r: r["method"])
-    assert "heldout" in ctc and "extra_unseen" in ctc and "extra_composed" not in ctc
-    # 44 ... 86 may be composed by this method, so they are scored apart, not as unseen
-    assert "heldout" in pairs and "extra_composed" in pairs and "extra_unseen" not in pairs
-    assert sorted(pairs["extra_composed_per_number"]) == ["44", "46", "68", "69", "84", "86"]
+    assert sorted((r["method"], r["seed"]) for r in rows) == [("ctc_nomix", 3), ("torso_narrow_ctc", 3)]
+    ctc, narrow = sorted(rows, key=lambda r: r["method"])
+    for r in (ctc, narrow):
+        assert "heldout" in r and sorted(r["extra_unseen_per_number"]) == ["44", "46", "68", "69", "84", "86"]
     # every held-out tracklet falls in one frame-height band
-    heldout = json.loads((tmp_path / "ck" / "original" / "ctc_s3" / "heldout.json").read_text())
+    heldout = json.loads((tmp_path / "ck" / "original" / "ctc_nomix_s3" / "heldout.json").read_text())
     assert sum(b["total"] for b in ctc["heldout_by_height"].values()) == heldout["num_tracklets"] > 0
     table = (tmp_path / "ablation.md").read_text()
-    assert "| torso_compose_paste_pairs |" in table and "composed in training" in table
+    assert "| torso_narrow_ctc |" in table and "other unseen" in table
 
 
 def test_original_split_data_is_made_by_the_parent_before_parallel_runs(tmp_path):
@@ -92,12 +91,12 @@ def test_original_split_data_is_made_by_the_parent_before_parallel_runs(tmp_path
 def test_parallel_grid_pretrains_each_glyph_trunk_once_in_the_parent(tmp_path, monkeypatch):
     made = []
 
-    def fake_pretrain(cfg, path):
+    def fake_pretrain(cfg, path, steps=pretrain.STEPS):
         made.append((cfg.backbone, path))  # the cache file the runs will look for, with untrained weights
         torch.save({"trunk": model.trunk(cfg.backbone, False)[0].state_dict()}, path)
     monkeypatch.setattr(ablate.pretrain, "pretrain", fake_pretrain)
     flags = [f"--cache_dir={tmp_path}", "--img_size=32", "--lstm_hidden=8", "--head_hidden=8"]
-    methods = {"torso_narrow_ctc", "torso_narrow_ctc_paste"}  # two methods, one trunk
+    methods = {"torso_narrow_ctc", "box_narrow_ctc"}  # two methods, one trunk
     ablate.make_trunks(methods, flags)
     assert [b for b, _ in made] == ["cnn_narrow"] and os.path.isfile(made[0][1])
     ablate.make_trunks(methods, flags)  # cached now: nothing is made again
@@ -107,7 +106,7 @@ def test_parallel_grid_pretrains_each_glyph_trunk_once_in_the_parent(tmp_path, m
 
 def test_table_budget_names_every_seed_in_the_file_not_only_the_last_invocations():
     rows = [{"split": "original", "method": "original", "seed": s,
-             "val": {"argmax": 50.0 + s, "anti_empty": 0.0, "logit_adjusted": 0.0}} for s in (1, 2)]
+             "val": {"argmax": 50.0 + s, "anti_empty": 0.0}} for s in (1, 2)]
     table = ablate.markdown(ablate.summarize(rows), {"epochs": 3, "synth_scale": 0.1, "seeds": "2", "passthrough": []})
     assert "seeds 1,2," in table and "| original | original | 2 | 51.5 ± 0.7 |" in table
 
@@ -117,9 +116,9 @@ def test_a_killed_grid_leaves_no_run_behind(tmp_path):
     script = tmp_path / "grid.py"
     script.write_text(
         "import sys, time, multiprocessing\n"
-        f"sys.path.insert(0, {str(Path(ablate.__file__).parent)!r})\n"
+        f"sys.path.insert(0, {str(Path(ablate.__file__).parent.parent)!r})\n"
         "from concurrent.futures import ProcessPoolExecutor\n"
-        "import ablate\n"
+        "from experiments import ablate\n"
         "def busy(_):\n"
         "    import os\n"
         "    print(os.getpid(), flush=True)\n"

@@ -44,17 +44,6 @@ def test_parameter_counts_and_freezing():
     assert all(p.requires_grad for p in m.parameters())
 
 
-def test_compositional_scores_and_marginals():
-    tens, units, single = torch.randn(2, 10), torch.randn(2, 10), torch.randn(2, 10)
-    s = model_lib.compose_scores(tens, units, single)
-    assert s.shape == (2, 100)
-    assert torch.allclose(s[:, 7], single[:, 7]) and torch.allclose(s[:, 48], tens[:, 4] + units[:, 8])
-    p_num, p_tens, p_units = model_lib.probabilities({"number": s})
-    assert torch.allclose(p_num.sum(1), torch.ones(2)) and torch.allclose(p_tens.sum(1), torch.ones(2))
-    assert torch.allclose(p_tens[:, 4], p_num[:, 40:50].sum(1)) and torch.allclose(p_tens[:, 10], p_num[:, :10].sum(1))
-    assert torch.allclose(p_units[:, 8], p_num[:, 8::10].sum(1))
-
-
 def test_digit_probabilities_joint():
     tens = torch.full((1, 11), -9.0)
     tens[0, 4] = 9.0
@@ -66,7 +55,7 @@ def test_digit_probabilities_joint():
 
 
 def test_predict_returns_numbers():
-    m = JerseyTemporalNet(pretrained=False, lstm_hidden=16, head_hidden=16, head="compositional")
+    m = JerseyTemporalNet(pretrained=False, lstm_hidden=16, head_hidden=16, head="ctc")
     out = m.predict(torch.randn(2, 3, 3, 32, 32))
     assert out["number"].shape == (2,) and ((0 <= out["number"]) & (out["number"] < 100)).all()
     assert torch.allclose(out["confidence"], out["number_probs"].max(1).values)
@@ -76,19 +65,6 @@ def test_predict_returns_numbers():
 def test_bad_backbone():
     with pytest.raises(ValueError, match="backbone"):
         JerseyTemporalNet(backbone="vgg", pretrained=False)
-
-
-def test_positional_reader_sees_left_right():
-    torch.manual_seed(0)
-    m = JerseyTemporalNet(pretrained=False, lstm_hidden=16, head_hidden=16, reader="positional").eval()
-    fmap = torch.zeros(1, 512, 2, 2)
-    fmap[..., 0] = 1.0          # activity on the left only
-    mirrored = fmap.flip(-1)    # the same activity on the right
-    assert torch.equal(fmap.mean((2, 3)), mirrored.mean((2, 3)))  # plain pooling cannot tell them apart
-    assert not torch.allclose(m.pool(fmap), m.pool(mirrored))
-    assert m(torch.randn(2, 3, 3, 32, 32))["tens"].shape == (2, 11)
-    with pytest.raises(ValueError, match="reader"):
-        JerseyTemporalNet(pretrained=False, reader="bogus")
 
 
 def test_small_cnn_backbone_keeps_an_eight_times_finer_map():

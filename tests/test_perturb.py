@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 import dataset
-import perturb
+from experiments import perturb
 from conftest import write_tracklet
 
 

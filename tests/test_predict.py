@@ -57,7 +57,7 @@ def setup(tmp_path_factory):
             write_tracklet(spec / str(n) / f"player_{seq}_seq_{seq}" / "0", 3 + seq, anchor=0 if seq == 0 else None,
                            text=str(n), seed=n + seq)
     cfg = config.Config(img_size=32, seq_len=4, pretrained=False, lstm_hidden=16, head_hidden=16, batch_size=4,
-                        dropout=0.0, train_classes=list(NUMBERS), test_classes=[48], amp=False, channels_last=False,
+                        dropout=0.0, train_classes=list(NUMBERS), test_classes=[48], amp=False,
                         crop=config.TORSO_CROP)  # predict.py must cut new footage as the checkpoint was trained
     torch.manual_seed(0)
     net = fit(model_lib.build(cfg), dataset.crawl(str(spec))[0], cfg)
@@ -303,6 +303,32 @@ def test_clear_errors(setup, tmp_path):
     with pytest.raises(SystemExit, match="seq_len must be >= 1"):
         predict.main(["--checkpoint", ckpt, inputs["one"], "--seq_len=0"])
     assert utils.uncertain_threshold({}) == 0.5 and utils.uncertain_threshold({"uncertain_threshold": 0.3}) == 0.3
+    (tmp_path / "notes.pth").write_text("best epoch 3\n")
+    with pytest.raises(SystemExit, match="not a PyTorch checkpoint"):
+        predict.main(["--checkpoint", str(tmp_path / "notes.pth"), inputs["one"]])
+
+
+def test_out_is_checked_before_anything_is_read(setup, tmp_path, monkeypatch):
+    """An unknown --out format or an unwritable --out fails at once, not after inference; nothing is written."""
+    _, ckpt, _, _, inputs = setup
+    monkeypatch.setattr(predict, "load_inputs", lambda *a: pytest.fail("inputs read before --out was checked"))
+    with pytest.raises(SystemExit, match=r"\.json or \.csv"):
+        predict.main(["--checkpoint", ckpt, inputs["one"], f"--out={tmp_path / 'preds.pkl'}"])
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # root may write anywhere: then only the folder case is checked
+            with pytest.raises(SystemExit, match="cannot be written"):
+                predict.main(["--checkpoint", ckpt, inputs["one"], f"--out={locked / 'preds.json'}"])
+    finally:
+        locked.chmod(0o700)
+    (tmp_path / "taken.json").mkdir()
+    with pytest.raises(SystemExit, match="cannot be written"):
+        predict.main(["--checkpoint", ckpt, inputs["one"], f"--out={tmp_path / 'taken.json'}"])
+    with pytest.raises(SystemExit, match="cannot be written"):
+        predict.main(["--zero_shot", inputs["one"], f"--out={tmp_path / 'taken.json'}"])
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("preds")]
 
 
 def test_an_ensemble_of_one_checkpoint_twice_answers_as_it_does(setup, predicted):

@@ -8,6 +8,7 @@ import torch
 
 import config
 import evaluate
+import model as model_lib
 import predict
 import train
 import utils
@@ -32,8 +33,8 @@ def test_reader_trains_on_cached_trunk_maps_and_keeps_the_trunk(run):
     assert [f for f in os.listdir(out["cache"]) if f.startswith("maps_ppocr_v4_")]  # the frozen trunk's maps
     ck = utils.load_checkpoint(os.path.join(out["checkpoints"], "best_model.pth"))
     assert ck["config"]["backbone"] == "ppocr_v4" and ck["config"]["finetune"] == "neck"
-    net, _ = utils.model_from_checkpoint(ck)
-    fresh = train.model_lib.build(config.from_dict(ck["config"])).backbone
+    net, _ = model_lib.model_from_checkpoint(ck)
+    fresh = model_lib.build(config.from_dict(ck["config"])).backbone
     stem, neck = dict(fresh.stem.named_parameters()), dict(fresh.neck.named_parameters())
     assert stem and all(torch.equal(p, stem[k]) for k, p in net.backbone.stem.named_parameters())  # frozen
     assert any(not torch.equal(p, neck[k]) for k, p in net.backbone.neck.named_parameters())  # fine-tuned

@@ -38,9 +38,8 @@ def epoch_of(path):
         return -1
 
 
-@pytest.mark.parametrize("ema", ["0", "0.9"])  # with an average, validation reads the restored average
-def test_sigkill_then_resume_matches_uninterrupted(data, tmp_path, ema):
-    run = ("--epochs=3", f"--ema_decay={ema}")
+def test_sigkill_then_resume_matches_uninterrupted(data, tmp_path):
+    run = ("--epochs=3",)
     full = tmp_path / "full"
     subprocess.run(train_cmd(*args(data, full, *run)), check=True, cwd=REPO, capture_output=True)
     cut = tmp_path / "cut"
@@ -71,7 +70,7 @@ def free_port():
 def test_torchrun_two_ranks_disjoint_data_one_checkpoint(data, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           os.path.join(REPO, "train.py"), *args(data, out, "--epochs=1", "--amp=false", "--ema_decay=0.9")]
+           os.path.join(REPO, "train.py"), *args(data, out, "--epochs=1", "--amp=false")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -79,4 +78,4 @@ def test_torchrun_two_ranks_disjoint_data_one_checkpoint(data, tmp_path):
     assert seen[0] and seen[1] and not seen[0] & seen[1]
     assert sorted(os.listdir(out / "ck")) == ["best_model.pth", "last.pth"]
     ck = torch.load(out / "ck" / "last.pth", weights_only=True)
-    assert ck["world_size"] == 2 and ck["ema_updates"] > 0  # each rank averages its own (identical) weights
+    assert ck["world_size"] == 2

@@ -158,16 +158,16 @@ def test_soccernet_layout_is_detected_and_counted(soccernet):
 def test_soccernet_through_load_samples(soccernet, tmp_path):
     cfg, _ = config.load([f"--data_root={soccernet}", "--img_size=32", f"--cache_dir={tmp_path}"],
                          env_file="/nonexistent")
-    samples, store, skipped = utils.load_samples(cfg, [48])
+    samples, store, skipped = dataset.load_samples(cfg, [48])
     assert len(samples) == 2 and skipped["number not visible (-1)"] == 2
     assert store.get(samples[1].frames).shape == (4, 32, 32, 3)  # grayscale frame included
     with pytest.raises(SystemExit, match=r"no usable sample for number\(s\) \[7\]"):
-        utils.load_samples(cfg, [48, 7])
+        dataset.load_samples(cfg, [48, 7])
     (tmp_path / "bad" / "images").mkdir(parents=True)
     (tmp_path / "bad" / "bad_gt.json").write_text("{not json")
     cfg.data_root = str(tmp_path / "bad")
     with pytest.raises(SystemExit, match="could not be read as JSON"):
-        utils.load_samples(cfg, [48])
+        dataset.load_samples(cfg, [48])
 
 
 def test_soccernet_evaluation_scores_not_visible_as_abstentions(fuzz, soccernet):

@@ -8,6 +8,8 @@ from torch.utils.data import DataLoader
 
 import config
 import dataset
+import decoding
+import engine
 import model as model_lib
 import train
 import utils
@@ -52,6 +54,11 @@ def test_scalars_figures_and_hparams_are_logged(run):
     assert final["acc"] == pytest.approx(history[-1]["val_acc"]) and final["tens_acc"] == pytest.approx(
         history[-1]["val_tens_acc"])
     assert acc.Scalars("hparam/best_val_acc")[-1].value == pytest.approx(max(h["val_acc"] for h in history))
+    # one run per training: every event file sits in the run's own folder (add_scalars would add two more)
+    folders = {os.path.relpath(d, out["logs"]) for d, _, fs in os.walk(out["logs"])
+               if any(f.startswith("events.out") for f in fs)}
+    assert folders == {"tb"}
+    assert "custom_scalars" in acc.Tags().get("tensors", []) or acc.PluginTagToContent("custom_scalars")
 
 
 def test_hparams_experiment_lists_final_metrics(run):
@@ -80,10 +87,9 @@ def test_uncertain_threshold_is_a_low_percentile_of_correct_confidences():
     p[torch.arange(20), 4] = conf  # 20 correct answers (number 4) with rising confidence
     p[20, 7] = 0.99                # a confident mistake never sets the threshold
     res = {"p_num": p, "number": torch.tensor([4] * 20 + [6])}
-    cfg = config.Config()
-    assert train.uncertain_threshold(res, cfg) == pytest.approx(0.3 + 0.05 * 19 * (0.6 / 19), abs=1e-4)
-    assert train.uncertain_threshold({"p_num": p[20:], "number": torch.tensor([6])}, cfg) == 0.5
-    assert train.uncertain_threshold({"p_num": torch.empty(0), "number": torch.empty(0)}, cfg) == 0.5
+    assert decoding.uncertain_threshold(res) == pytest.approx(0.3 + 0.05 * 19 * (0.6 / 19), abs=1e-4)
+    assert decoding.uncertain_threshold({"p_num": p[20:], "number": torch.tensor([6])}) == 0.5
+    assert decoding.uncertain_threshold({"p_num": torch.empty(0), "number": torch.empty(0)}) == 0.5
 
 
 class Recorder:
@@ -103,7 +109,7 @@ def test_media_shows_frames_with_attention_and_keeps_the_training_rng(tiny_root)
     ds = dataset.TrackletDataset(samples, dataset.FrameStore(samples, 32, 2.0), 3, "random", use_anchor=True)
     loader = DataLoader(ds, batch_size=4, collate_fn=dataset.collate)
     net = model_lib.build(cfg).eval()
-    res = train.predict_loader(net, loader, torch.device("cpu"), None, cfg)
+    res = engine.predict_loader(net, loader, torch.device("cpu"), None, cfg)
     rec, before = Recorder(), torch.get_rng_state()
     train.log_tensorboard_media(rec, net, loader, res, cfg, torch.device("cpu"), None, step=3)
     assert torch.equal(torch.get_rng_state(), before)  # logging must not change what training samples next
