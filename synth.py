@@ -1,7 +1,9 @@
 """
 Synthetic jersey-number tracklets that look like low-res broadcast crops of players seen from behind.
 
-The real tracklets are private, so this renders stand-ins with the same layout:
+The real tracklets are private, so this renders stand-ins in two layouts.
+
+Short mode (default), the original data's layout:
 
     OUT/<number>/player_<pid>_seq_<sid>/<sub>/<pid>_<frame>_<sub>.jpg
     OUT/<number>/player_<pid>_seq_<sid>/<sub>/<pid>_<frame>_<sub>_anchor.jpg   (clearest frame)
@@ -9,6 +11,22 @@ The real tracklets are private, so this renders stand-ins with the same layout:
 
 A player sequence (one kit, body, font) holds 1-3 sub-tracklets of 3-15 frames; a sub-tracklet is the unit a
 model sees. About 15% of sub-tracklets have no anchor frame (like new real footage); the rest mark exactly one.
+
+Long mode (--long), SoccerNet's jersey-number layout:
+
+    OUT/<split>/images/<tracklet id>/<frame>.jpg     split = train, test; ids "0", "1", ...; frames "0001.jpg", ...
+    OUT/<split>/<split>_gt.json                      {"<tracklet id>": number, or -1 if it is never visible}
+    OUT/<split>/<split>_legible.json                 {"<tracklet id>": [1 if readable by construction, per frame]}
+    OUT/.complete
+
+A long tracklet is one player in one shot, 30-400 frames (log-uniform: many short, some long). He turns: long
+stretches side-on or facing the camera, so his back number is readable in a minority of frames; players cross
+in front of him and the camera pans (heavy motion blur) at times. A share of tracklets (default 0.2) never show
+the number (label -1), for one of three reasons: he never turns his back, every turn is covered by a player
+standing in front of him, or every turn is smeared by a pan. Train numbers are HARD_TRAIN; half the numbered
+test tracklets wear a held-out HARD_TEST number, the rest HARD_TRAIN numbers on new players. The legible file
+is ground truth for tests and for measuring frame selection; real data has nothing like it, so the product must
+never read it.
 
 Realism choices, because models trained here are judged on real broadcast crops and other renderers:
 - appearance (kit colours and pattern, number colour/outline, font, printed name, skin, hair, pitch, camera) is
@@ -19,8 +37,8 @@ Realism choices, because models trained here are judged on real broadcast crops 
   (folds, cylinder falloff, light direction) and only then downscaled, so it ends up as soft low-res print;
 - frames get camera drift, motion blur, defocus, lighting and colour casts, stadium shadow, hard downscaling,
   sensor noise, sometimes broadcast sharpening, and JPEG at quality 30-95.
-Each player sequence draws from its own numpy Generator seeded by (seed, number, sequence index), so the bytes
-written do not depend on the worker count.
+Each player sequence (short mode) or tracklet (long mode) draws from its own numpy Generator seeded by (seed,
+number, sequence index) or (seed, split, tracklet index), so the bytes written do not depend on the worker count.
 """
 
 import argparse
@@ -53,6 +71,20 @@ EVALUATED_UNSEEN = sorted(set(HELDOUT_COUNTS) | set(EXTRA_UNSEEN_COUNTS) | set(H
 
 MIN_W, MAX_W, MIN_H, MAX_H = 25, 90, 55, 140
 NO_ANCHOR_P = 0.15
+
+# long mode (SoccerNet layout)
+LONG_COUNTS = {"train": 400, "test": 200}      # tracklets per split at scale 1
+HELD_OUT_SHARE = {"train": 0.0, "test": 0.5}   # share of a split's numbered tracklets wearing a HARD_TEST number
+MIN_LONG, MAX_LONG = 30, 400                   # frames per long tracklet
+NOT_VISIBLE_SHARE = 0.2                        # tracklets labelled -1
+NOT_VISIBLE_CAUSES = {"front": 0.4, "covered": 0.3, "smeared": 0.3}
+BACK_COS = math.cos(math.radians(35))   # legible: back within 35 deg of the camera (jitter never takes a held
+                                        # back view past 30, three-quarter holds never come closer than 40)
+SHARP_BLUR = 0.07    # legible: motion blur at most this share of the working height; a camera's own blur stays
+                     # under it, pan events go above
+PAN_BLUR = (0.15, 0.4)       # pan blur peak as a share of the working height: the digits smear
+SMEAR_BLUR = (0.3, 0.45)     # on -1 "smeared" tracklets: several times the print's size, nothing left to read
+OFFSTAGE = 9.0       # other player's x (crop widths from the main player) while he is not in the shot
 
 FONT_DIR = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 # (file, extra stroke as a fraction of the font size): the stroke turns regular faces into heavier block styles
@@ -436,30 +468,40 @@ def sample_frames(rng, n, cam):
     return fr
 
 
+def other_player(rng, app, x, front, scale, dy, spin=0.1):
+    """Another player at x (per frame, crop widths from the tracked player), drawn in front of him or behind;
+    scale and dy (offset of his head, in player heights) are drawn from the given ranges."""
+    return dict(app=sample_other_player(rng, app), front=front, x=x, scale=rng.uniform(*scale), dy=rng.uniform(*dy),
+                yaw=rng.uniform(0, 2 * np.pi), phase=rng.uniform(0, 6.3), spin=spin)
+
+
 def sample_others(rng, app, n):
     """Other players: a bigger one in front crossing the crop (occluder) and/or a smaller one behind."""
     others = []
     if rng.random() < 0.25:
         side = rng.choice([-1, 1])
         x = np.linspace(side * rng.uniform(0.45, 0.8), side * rng.uniform(0.2, 0.6) * rng.choice([-1, 1]), n)
-        others.append(dict(app=sample_other_player(rng, app), front=True, x=x, scale=rng.uniform(0.95, 1.3),
-                           dy=rng.uniform(0.0, 0.15), yaw=rng.uniform(0, 2 * np.pi), phase=rng.uniform(0, 6.3)))
+        others.append(other_player(rng, app, x, True, (0.95, 1.3), (0.0, 0.15)))
     if rng.random() < 0.3:
         x = rng.uniform(-0.7, 0.7) + np.cumsum(rng.normal(0, 0.02, n))
-        others.append(dict(app=sample_other_player(rng, app), front=False, x=x, scale=rng.uniform(0.5, 0.85),
-                           dy=rng.uniform(-0.25, -0.05), yaw=rng.uniform(0, 2 * np.pi), phase=rng.uniform(0, 6.3)))
+        others.append(other_player(rng, app, x, False, (0.5, 0.85), (-0.25, -0.05)))
     return others
+
+
+def occlusion(fr, others, cam):
+    """Per frame, how much of the back players in front cover (0 = none)."""
+    occ = np.zeros(len(fr["yaw"]))
+    for o in others:
+        if o["front"]:   # overlap of the occluder's body (~0.12 ph half-width) with the back (~0.1 ph)
+            dist = np.abs(o["x"]) * cam["W"] / (fr["ph"] * cam["H"])
+            occ = np.maximum(occ, np.clip(1 - dist / (0.12 * o["scale"] + 0.1), 0, 1))
+    return occ
 
 
 def clarity(fr, others, cam):
     """How readable the number is in each frame: back-facing, unoccluded, unblurred."""
     vis = np.clip(np.cos(fr["yaw"]), 0, 1)
-    occ = np.zeros_like(vis)
-    for o in others:
-        if o["front"]:   # overlap of the occluder's body (~0.12 ph half-width) with the back (~0.1 ph)
-            dist = np.abs(o["x"]) * cam["W"] / (fr["ph"] * cam["H"])
-            occ = np.maximum(occ, np.clip(1 - dist / (0.12 * o["scale"] + 0.1), 0, 1))
-    return vis * (1 - occ) / (1 + 0.3 * fr["blur"])
+    return vis * (1 - occlusion(fr, others, cam)) / (1 + 0.3 * fr["blur"])
 
 
 def settle_anchor(rng, fr, others, cam, anchored):
@@ -689,7 +731,7 @@ def frame_pose(fr, i, cam):
 
 def other_pose(o, main, i, cam):
     ph = main["ph"] * o["scale"]
-    yaw = o["yaw"] + 0.1 * i
+    yaw = o["yaw"] + o["spin"] * i
     return dict(main, cx=main["cx"] + o["x"][i] * cam["W"], top=main["top"] + o["dy"] * main["ph"], ph=ph, lean=0.0,
                 yaw=yaw, cos=math.cos(yaw), sin=math.sin(yaw), phase=o["phase"] + 0.8 * i)
 
@@ -762,6 +804,7 @@ def render_frame(app, bg, cam, fr, others, folds, i, rng):
     oy = int(round(fr["bg_y"][i]))
     canvas = bg[oy:oy + H, ox:ox + W]
     pose = frame_pose(fr, i, cam)
+    others = [o for o in others if abs(o["x"][i]) < 2]   # long tracklets park absent players off stage
     layer = Image.new("RGBA", (W, H), (0, 0, 0, 0))
     shadow_w, feet = 0.16 * pose["ph"], pose["top"] + 0.99 * pose["ph"]
     ImageDraw.Draw(layer).ellipse([pose["cx"] - shadow_w, feet - 0.025 * pose["ph"], pose["cx"] + shadow_w,
@@ -817,13 +860,26 @@ def render_subtracklet(rng, app, scene, n):
     fr = sample_frames(rng, n, cam)
     others = sample_others(rng, app, n)
     anchor = settle_anchor(rng, fr, others, cam, rng.random() >= NO_ANCHOR_P)
+    frames = list(render_frames(rng, app, scene, cam, fr, others, drift))
+    return frames, anchor, [int(q) for q in fr["quality"]], cam["subsampling"]
+
+
+def drift(rng, n, m):
+    """Background offset of a short shot (margin m): a steady pan plus jitter."""
+    return m + np.linspace(0, rng.normal(0, m / 2), n) + rng.normal(0, 1, n)
+
+
+def render_frames(rng, app, scene, cam, fr, others, pan):
+    """Yield the frames of one shot. The background is drawn once with margins the camera moves in, offset per
+    frame by pan(rng, n, margin); the other inputs come from sample_camera, sample_frames and the others."""
+    n = len(fr["yaw"])
     mx, my = int(0.25 * cam["W"]), int(0.12 * cam["H"])
     bg = np.asarray(make_background(rng, scene, cam["W"] + 2 * mx, cam["H"] + 2 * my, cam["H"]), np.float32)
-    fr["bg_x"] = np.clip(mx + np.linspace(0, rng.normal(0, mx / 2), n) + rng.normal(0, 1, n), 0, 2 * mx)
-    fr["bg_y"] = np.clip(my + np.linspace(0, rng.normal(0, my / 2), n) + rng.normal(0, 1, n), 0, 2 * my)
+    fr["bg_x"] = np.clip(pan(rng, n, mx), 0, 2 * mx)
+    fr["bg_y"] = np.clip(pan(rng, n, my), 0, 2 * my)
     folds = sample_folds(rng)
-    frames = [render_frame(app, bg, cam, fr, others, folds, i, rng) for i in range(n)]
-    return frames, anchor, [int(q) for q in fr["quality"]], cam["subsampling"]
+    for i in range(n):
+        yield render_frame(app, bg, cam, fr, others, folds, i, rng)
 
 
 def render_sequence(job):
@@ -850,10 +906,10 @@ def render_sequence(job):
 
 
 def scaled_counts(counts, scale):
-    """count -> max(1, round(count * scale)); scale must be > 0."""
+    """count -> max(1, round(count * scale)) under the same keys; scale must be > 0."""
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale}")
-    return {int(k): max(1, int(round(v * scale))) for k, v in counts.items()}
+    return {k: max(1, int(round(v * scale))) for k, v in counts.items()}
 
 
 def partition(count, seed, number):
@@ -893,20 +949,55 @@ def read_complete(out):
         return None
 
 
-def looks_like_synth(out):
+def is_number_dir(p):
+    return p.is_dir() and p.name.isdigit()
+
+
+def is_split_dir(p):
+    return p.is_dir() and p.name in LONG_COUNTS
+
+
+def looks_like_synth(out, ours=is_number_dir):
+    """A finished dataset of either mode, or a folder holding nothing but what `ours` accepts (a partial run)."""
     out = Path(out)
     if (out / ".complete").exists():
         return True
-    return all(p.is_dir() and p.name.isdigit() for p in out.iterdir())
+    return all(ours(p) for p in out.iterdir())
 
 
-def run_jobs(jobs, workers):
-    """Yield (sub-tracklets, frames) per finished sequence; one worker runs in-process, which is easier to debug."""
+def fresh_dir(out, ours):
+    """Empty `out` for a new dataset: an existing one is deleted only if it looks like a synthetic dataset, so a
+    mistyped --out never wipes someone's folder."""
+    if out.exists():
+        if not out.is_dir() or not looks_like_synth(out, ours):
+            raise RuntimeError(f"{out} exists and does not look like a synthetic dataset; not deleting it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+
+
+def write_complete(out, meta):
+    """Written last: its presence means every file before it is in place."""
+    (out / ".complete").write_text(json.dumps(meta, indent=1))
+
+
+def reusable(out, wanted, desc):
+    """True if out's .complete matches every item of `wanted`; says which way it goes either way."""
+    meta = read_complete(out)
+    if meta is not None and all(meta.get(k) == v for k, v in wanted.items()):
+        print(f"Using cached synthetic data at {out} {desc}")
+        return True
+    print(f"Generating synthetic data at {out} {desc}; this happens once")
+    return False
+
+
+def run_jobs(worker, jobs, workers, chunksize=4):
+    """Yield worker(job) per finished job, in any order; one worker runs in-process, which is easier to debug."""
+    workers = max(1, workers or os.cpu_count() or 1)
     if workers == 1:
-        yield from map(render_sequence, jobs)
+        yield from map(worker, jobs)
         return
     with Pool(workers) as pool:
-        yield from pool.imap_unordered(render_sequence, jobs, chunksize=4)
+        yield from pool.imap_unordered(worker, jobs, chunksize=chunksize)
 
 
 def generate(out, counts=None, scale=1.0, seed=0, workers=None, progress=True):
@@ -915,21 +1006,16 @@ def generate(out, counts=None, scale=1.0, seed=0, workers=None, progress=True):
     out = Path(out)
     base = check_counts(DEFAULT_COUNTS if counts is None else counts)
     todo = scaled_counts(base, scale)
-    if out.exists():
-        if not out.is_dir() or not looks_like_synth(out):
-            raise RuntimeError(f"{out} exists and does not look like a synthetic dataset; not deleting it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    fresh_dir(out, is_number_dir)
     jobs = plan(out, todo, seed)
     total_sub, total_frames = 0, 0
     with tqdm(total=sum(todo.values()), desc="synth", unit="tracklet", disable=not progress) as bar:
-        for n_sub, n_frames in run_jobs(jobs, max(1, workers or os.cpu_count() or 1)):
+        for n_sub, n_frames in run_jobs(render_sequence, jobs, workers):
             total_sub += n_sub
             total_frames += n_frames
             bar.update(n_sub)
-    meta = dict(params(base, scale, seed), scaled_counts={str(k): v for k, v in sorted(todo.items())},
-                n_sequences=len(jobs), n_subtracklets=total_sub, n_frames=total_frames)
-    (out / ".complete").write_text(json.dumps(meta, indent=1))
+    write_complete(out, dict(params(base, scale, seed), scaled_counts={str(k): v for k, v in sorted(todo.items())},
+                             n_sequences=len(jobs), n_subtracklets=total_sub, n_frames=total_frames))
     return out
 
 
@@ -938,13 +1024,305 @@ def ensure_dataset(out, counts=None, scale=1.0, seed=0, workers=None):
     out = Path(out)
     base = check_counts(DEFAULT_COUNTS if counts is None else counts)
     n = sum(scaled_counts(base, scale).values())
-    meta = read_complete(out)
-    desc = f"(scale {scale:g}, seed {seed}, {n} tracklets)"
-    if meta is not None and all(meta.get(k) == v for k, v in params(base, scale, seed).items()):
-        print(f"Using cached synthetic data at {out} {desc}")
+    if reusable(out, params(base, scale, seed), f"(scale {scale:g}, seed {seed}, {n} tracklets)"):
         return out
-    print(f"Generating synthetic data at {out} {desc}; this happens once")
     return generate(out, base, scale, seed, workers)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# long tracklets (SoccerNet layout): one player in one shot, 30-400 frames
+
+def ar1(rng, n, step, sd):
+    """Mean-reverting random walk (per-frame step `step`, spread `sd`): jitter that, unlike a cumulative sum,
+    stays bounded over hundreds of frames."""
+    rho = math.sqrt(max(0.0, 1 - (step / sd) ** 2))
+    noise = rng.normal(0, step, n)
+    x, prev = np.empty(n), rng.normal(0, sd)
+    for t in range(n):
+        prev = rho * prev + noise[t]
+        x[t] = prev
+    return x
+
+
+def wander(rng, n, m):
+    """Background offset of a long shot (margin m): a steady pan would run out of margin, so it wanders."""
+    return m + ar1(rng, n, m / 15, m / 2)
+
+
+def smooth(x, w):
+    """Moving average over w frames, edges held: a turn takes w frames instead of one."""
+    return np.convolve(np.pad(x, (w // 2, w - 1 - w // 2), mode="edge"), np.ones(w) / w, mode="valid")
+
+
+def runs(mask):
+    """[start, end) of each run of True."""
+    edges = np.diff(np.concatenate([[0], np.asarray(mask, int), [0]]))
+    return list(zip(np.nonzero(edges == 1)[0].tolist(), np.nonzero(edges == -1)[0].tolist()))
+
+
+def long_length(rng):
+    """Log-uniform: many short tracklets, some long, as a tracker's output."""
+    return int(round(math.exp(rng.uniform(math.log(MIN_LONG), math.log(MAX_LONG)))))
+
+
+def long_frames(rng, n, cam):
+    """sample_frames for a long shot; its cumulative walks of position and size would leave the crop over hundreds
+    of frames, so they become mean-reverting (a detector keeps the player centred)."""
+    fr = sample_frames(rng, n, cam)
+    fr["cx"] = 0.5 + rng.normal(0, 0.04) + ar1(rng, n, 0.012, 0.03)
+    fr["ph"] = np.clip(rng.uniform(0.82, 0.97) * (1 + ar1(rng, n, 0.012, 0.04)), 0.7, 1.0)
+    return fr
+
+
+def spread(rng, total, parts, minimum):
+    """`parts` random integers >= minimum summing to total (total >= parts * minimum)."""
+    return minimum + rng.multinomial(total - parts * minimum, rng.dirichlet(np.ones(parts)))
+
+
+def back_windows(rng, n, share, min_len, min_gap):
+    """Disjoint [start, end) windows with the back to the camera: about share * n frames in all, split into a few
+    turns at random places, at least min_gap frames apart."""
+    total = min(n - 1, max(min_len, int(round(share * n))))
+    k = int(np.clip(1 + rng.poisson(n / 150), 1, max(1, total // min_len)))
+    k = max(1, min(k, (n - total) // min_gap + 1))
+    lengths = spread(rng, total, k, min_len)
+    gaps = spread(rng, n - total - (k - 1) * min_gap, k + 1, 0) + np.array([0] + [min_gap] * (k - 1) + [0])
+    starts = gaps[0] + np.concatenate([[0], np.cumsum(lengths + gaps[1:])[:-1]])
+    return [(int(a), int(a + d)) for a, d in zip(starts, lengths)]
+
+
+def hold_angle(rng, front_only):
+    """Degrees away from the back: three-quarter (number foreshortened and cut), side-on or facing the camera.
+    front_only keeps past 105, where the print is never drawn (paste_decal needs cos(yaw) > 0.05)."""
+    if front_only:
+        return rng.uniform(105, 255)
+    return rng.uniform(*[(50, 68), (70, 110), (110, 250)][rng.choice(3, p=[0.15, 0.45, 0.4])])
+
+
+def turned_holds(rng, n, front_only):
+    """Yaw targets for n frames turned away: holds of 10-80 frames, all on one side, so going from one to the next
+    never swings through the back (the unwrapped angle keeps its sign)."""
+    sign = rng.choice([-1, 1])
+    out = np.empty(n)
+    t = 0
+    while t < n:
+        d = int(rng.integers(10, 81))
+        out[t:t + d] = sign * np.radians(hold_angle(rng, front_only))
+        t += d
+    return out
+
+
+def long_yaw(rng, n, share, front_only):
+    """Body yaw per frame (0 = back to camera) and the back windows. A back window is at least 3 frames longer
+    than a turn, so its core sits at the hold (within 20 deg, plus jitter within 10)."""
+    turn = int(rng.integers(3, 8))
+    windows = back_windows(rng, n, share, turn + 3, 2 * turn) if share > 0 else []
+    target = np.zeros(n)
+    edges = [0] + [t for w in windows for t in w] + [n]
+    for a, b in zip(edges[::2], edges[1::2]):
+        if b > a:
+            target[a:b] = turned_holds(rng, b - a, front_only)
+    for a, b in windows:
+        target[a:b] = np.radians(np.clip(rng.normal(0, 10), -20, 20))
+    jitter = np.clip(ar1(rng, n, np.radians(2), np.radians(4)), -np.radians(10), np.radians(10))
+    return smooth(target, turn) + jitter, windows
+
+
+def back_share(rng, cause):
+    """Share of frames in back windows. Numbered: turns and events leave 10-40% legible. Smeared: brief glimpses."""
+    if cause is None:
+        return rng.uniform(0.12, 0.42)
+    return {"front": 0.0, "covered": rng.uniform(0.1, 0.3), "smeared": rng.uniform(0.04, 0.12)}[cause]
+
+
+def place(rng, n, length, avoid):
+    """Start of a `length`-frame event clear of the frame range `avoid` (None: anywhere), or None if none found."""
+    for _ in range(5):
+        a = int(rng.integers(0, max(1, n - length + 1)))
+        if avoid is None or a + length <= avoid[0] or a >= avoid[1]:
+            return a
+    return None
+
+
+def crossing(rng, app, n, a, b):
+    """A player passing in front during [a, b): in from one edge, past the middle (covering the back there), out by
+    either edge."""
+    x = np.full(n, OFFSTAGE)
+    path = [rng.choice([-1, 1]) * rng.uniform(0.9, 1.3), rng.uniform(-0.5, 0.5),
+            rng.choice([-1, 1]) * rng.uniform(0.9, 1.3)]
+    x[a:b] = np.interp(np.linspace(0, 1, b - a), [0, rng.uniform(0.3, 0.7), 1], path)
+    return other_player(rng, app, x, True, (0.95, 1.3), (0.0, 0.15))
+
+
+def passer_by(rng, app, n, a, b):
+    """A smaller, further player behind the tracked one during [a, b)."""
+    x = np.full(n, OFFSTAGE)
+    x[a:b] = np.clip(rng.uniform(-0.7, 0.7) + ar1(rng, b - a, 0.02, 0.3), -1.2, 1.2)
+    return other_player(rng, app, x, False, (0.5, 0.85), (-0.25, -0.05))
+
+
+def cover(rng, app, cam, fr, a, b, step=4):
+    """A bigger player standing square in front of the back during [a, b), stepping in and out around it. Scale
+    1.3-1.4, build >= 1.1 and head 7-11% of a player height higher: his torso is wider than the tracked player's
+    and spans it from above the print to below the hem; he follows the tracked torso's lean, so no pixel of the
+    number shows."""
+    n = len(fr["yaw"])
+    x = np.full(n, OFFSTAGE)
+    side = rng.choice([-1, 1])
+    t = np.arange(max(0, a - step), min(n, b + step))
+    x[t] = np.interp(t, [a - step, a, b - 1, b - 1 + step], [side * 1.2, 0, 0, -side * 1.2])
+    # lean() shears the tracked player about his feet; the print sits ~0.7 player heights above them
+    x[t] += 0.7 * fr["ph"][t] * cam["H"] * np.tan(np.radians(fr["lean"][t])) / cam["W"]
+    o = other_player(rng, app, x, True, (1.3, 1.4), (-0.11, -0.07), spin=0.0)
+    o["yaw"] = np.pi * rng.integers(2) + rng.normal(0, 0.1)   # square on: his widest
+    o["app"]["build"] = rng.uniform(1.1, 1.15)
+    return o
+
+
+def pan_blur(n, a, b, peak, ramp=2):
+    """Motion blur per frame of a fast camera pan: `peak` over [a, b), ramping up and down `ramp` frames around."""
+    t = np.arange(n)
+    return peak * np.clip(np.minimum(t - a + ramp + 1, b + ramp - t) / (ramp + 1), 0, 1)
+
+
+def add_events(rng, app, n, cam, fr, others, keep_clear):
+    """Players crossing in front, players passing behind and camera pans at random times; crossings and pans stay
+    off the frame range keep_clear (None: anywhere) so a numbered tracklet keeps one clean look at its back."""
+    for _ in range(rng.poisson(n / 90)):
+        d = int(rng.integers(10, 61))
+        a = place(rng, n, d, keep_clear)
+        if a is not None:
+            others.append(crossing(rng, app, n, a, min(n, a + d)))
+    for _ in range(rng.poisson(n / 150)):
+        d = int(rng.integers(20, 151))
+        a = place(rng, n, d, None)
+        others.append(passer_by(rng, app, n, a, min(n, a + d)))
+    for _ in range(rng.poisson(n / 120)):
+        d = int(rng.integers(3, 21))
+        a = place(rng, n, d + 4, keep_clear)   # + the ramps
+        if a is not None:
+            fr["blur"] = np.maximum(fr["blur"], pan_blur(n, a + 2, a + 2 + d, rng.uniform(*PAN_BLUR) * cam["H"]))
+
+
+def hide_number(rng, app, n, cam, fr, others, cause):
+    """Make every frame that shows any of the back unreadable: a player standing in front of it ("covered") or a
+    pan smearing it ("smeared"). cos(yaw) > 0 (the print needs > 0.05), widened by two frames either side."""
+    exposed = np.convolve(np.cos(fr["yaw"]) > 0, np.ones(5), mode="same") > 0
+    for a, b in runs(exposed):
+        if cause == "covered":
+            others.append(cover(rng, app, cam, fr, a, b))
+        else:
+            fr["blur"] = np.maximum(fr["blur"], pan_blur(n, a, b, rng.uniform(*SMEAR_BLUR) * cam["H"]))
+
+
+def legible_frames(fr, others, cam):
+    """Readable by construction: back within 35 deg of the camera, no player in front of it, no pan blur."""
+    return ((np.cos(fr["yaw"]) >= BACK_COS) & (occlusion(fr, others, cam) == 0)
+            & (fr["blur"] <= SHARP_BLUR * cam["H"]))
+
+
+def long_shot(rng, label, pool):
+    """Everything about one long tracklet but its pixels. A -1 player wears a number from `pool` that never shows,
+    for one of NOT_VISIBLE_CAUSES; a numbered one shows it in at least one clean back window."""
+    n = long_length(rng)
+    app = sample_appearance(rng, label if label >= 0 else int(rng.choice(pool)))
+    scene, cam = sample_scene(rng), sample_camera(rng)
+    fr = long_frames(rng, n, cam)
+    causes = list(NOT_VISIBLE_CAUSES)
+    cause = None if label >= 0 else causes[rng.choice(len(causes), p=list(NOT_VISIBLE_CAUSES.values()))]
+    fr["yaw"], windows = long_yaw(rng, n, back_share(rng, cause), front_only=cause == "front")
+    others = []
+    add_events(rng, app, n, cam, fr, others, max(windows, key=lambda w: w[1] - w[0]) if cause is None else None)
+    if cause is not None:
+        hide_number(rng, app, n, cam, fr, others, cause)
+    legible = legible_frames(fr, others, cam)
+    assert legible.any() == (label >= 0), (label, cause)
+    return app, scene, cam, fr, others, legible
+
+
+def render_long(job):
+    """Worker: render and write one long tracklet. job = (out, seed, split, index, label).
+    Returns (split, index, label, legible flag per frame)."""
+    out, seed, split, idx, label = job
+    rng = np.random.default_rng([seed, 2000 + list(LONG_COUNTS).index(split), idx])
+    pool = HARD_TRAIN + HARD_TEST if HELD_OUT_SHARE[split] else HARD_TRAIN
+    app, scene, cam, fr, others, legible = long_shot(rng, label, pool)
+    folder = Path(out) / split / "images" / str(idx)
+    folder.mkdir(parents=True)
+    for i, im in enumerate(render_frames(rng, app, scene, cam, fr, others, wander)):
+        im.save(folder / f"{i + 1:04d}.jpg", quality=int(fr["quality"][i]), subsampling=cam["subsampling"])
+    return split, idx, label, legible.astype(int).tolist()
+
+
+def cycled(rng, pool, k):
+    """k numbers from whole shuffled passes over pool: every number gets its share, give or take one."""
+    passes = [rng.permutation(pool) for _ in range(-(-k // len(pool)))]
+    return np.concatenate(passes)[:k] if passes else np.zeros(0, int)
+
+
+def long_labels(split, count, seed, not_visible):
+    """Labels of a split's tracklets in index order: round(not_visible * count) -1s, the rest cycling through
+    HARD_TRAIN and (HELD_OUT_SHARE of them) HARD_TEST, at random places."""
+    rng = np.random.default_rng([seed, 2100 + list(LONG_COUNTS).index(split)])
+    hidden = int(round(not_visible * count))
+    held = int(round(HELD_OUT_SHARE[split] * (count - hidden)))
+    labels = np.concatenate([np.full(hidden, -1), cycled(rng, HARD_TEST, held),
+                             cycled(rng, HARD_TRAIN, count - hidden - held)])
+    return [int(v) for v in rng.permutation(labels)]
+
+
+def long_params(scale, seed, not_visible):
+    return dict(version=VERSION, mode="long", seed=int(seed), scale=float(scale), not_visible=float(not_visible),
+                counts=dict(LONG_COUNTS))
+
+
+def write_split(root, split, tracklets):
+    """<split>_gt.json and the <split>_legible.json sidecar, ids in numeric order. tracklets: id -> (label, flags)."""
+    ids = sorted(tracklets, key=int)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{split}_gt.json").write_text(json.dumps({t: tracklets[t][0] for t in ids}))
+    (root / f"{split}_legible.json").write_text(json.dumps({t: tracklets[t][1] for t in ids}))
+
+
+def long_stats(done):
+    """For .complete: frames, -1 tracklets, and the mean share of legible frames over numbered tracklets."""
+    tracks = [t for split in done.values() for t in split.values()]
+    shares = [np.mean(flags) for label, flags in tracks if label >= 0]
+    return dict(n_tracklets=len(tracks), n_frames=sum(len(flags) for _, flags in tracks),
+                n_not_visible=sum(label < 0 for label, _ in tracks),
+                legible_share=round(float(np.mean(shares)), 4) if shares else 0.0)
+
+
+def generate_long(out, scale=1.0, seed=0, workers=None, progress=True, not_visible=NOT_VISIBLE_SHARE):
+    """Write the long-tracklet dataset (SoccerNet layout, LONG_COUNTS scaled by `scale`, a `not_visible` share of
+    -1 tracklets) into `out`; writes .complete last. An existing `out` is deleted first, but only if it looks like
+    a synthetic dataset."""
+    if not 0 <= not_visible <= 1:
+        raise ValueError(f"not_visible must be in [0, 1], got {not_visible}")
+    out = Path(out)
+    counts = scaled_counts(LONG_COUNTS, scale)
+    fresh_dir(out, is_split_dir)
+    jobs = [(str(out), int(seed), split, i, label) for split, count in counts.items()
+            for i, label in enumerate(long_labels(split, count, seed, not_visible))]
+    done = {split: {} for split in counts}
+    with tqdm(total=len(jobs), desc="synth long", unit="tracklet", disable=not progress) as bar:
+        for split, i, label, flags in run_jobs(render_long, jobs, workers, chunksize=1):
+            done[split][str(i)] = (label, flags)
+            bar.update()
+    for split, tracklets in done.items():
+        write_split(out / split, split, tracklets)
+    write_complete(out, dict(long_params(scale, seed, not_visible), scaled_counts=counts, **long_stats(done)))
+    return out
+
+
+def ensure_long_dataset(out, scale=1.0, seed=0, workers=None, not_visible=NOT_VISIBLE_SHARE):
+    """Reuse `out` if its .complete matches (mode, scale, seed, not_visible, version); else generate it."""
+    out = Path(out)
+    n = sum(scaled_counts(LONG_COUNTS, scale).values())
+    desc = f"(long tracklets, scale {scale:g}, seed {seed}, {n} tracklets)"
+    if reusable(out, long_params(scale, seed, not_visible), desc):
+        return out
+    return generate_long(out, scale, seed, workers, not_visible=not_visible)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -957,7 +1335,7 @@ def frame_key(p):
 
 def contact_sheet(root, out_png, numbers=None, per_number=2, frames=6):
     """Grid of frames, one row per sub-tracklet, labelled with its number; anchors get a yellow underline."""
-    root, out_png = Path(root), Path(out_png)
+    root = Path(root)
     found = sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
     numbers = [n for n in (numbers or found) if n in found]
     rows = []
@@ -965,21 +1343,42 @@ def contact_sheet(root, out_png, numbers=None, per_number=2, frames=6):
         subs = [d for seq in (root / str(n)).iterdir() if seq.is_dir() for d in seq.iterdir() if d.is_dir()]
         subs.sort(key=lambda d: (int(d.name), d.parent.name))   # first sub-tracklets of different players first
         for sub in subs[:per_number]:
-            rows.append((n, sorted(sub.glob("*.jpg"), key=frame_key)[:frames]))
+            files = sorted(sub.glob("*.jpg"), key=frame_key)[:frames]
+            rows.append((n, files, ["_anchor" in f.name for f in files]))
+    return draw_sheet(rows, out_png, frames, (240, 200, 0))
+
+
+def long_contact_sheet(root, out_png, split="train", tracklets=12, frames=8):
+    """Evenly spaced frames of a split's first tracklets, one row each, labelled with the number (-1: never
+    visible); frames legible by construction get a green underline."""
+    root = Path(root) / split
+    gt = json.loads((root / f"{split}_gt.json").read_text())
+    legible = json.loads((root / f"{split}_legible.json").read_text())
+    rows = []
+    for tid in list(gt)[:tracklets]:
+        files = sorted((root / "images" / tid).glob("*.jpg"))
+        picks = np.linspace(0, len(files) - 1, min(frames, len(files))).round().astype(int)
+        rows.append((gt[tid], [files[i] for i in picks], [bool(legible[tid][i]) for i in picks]))
+    return draw_sheet(rows, out_png, frames, (40, 200, 60))
+
+
+def draw_sheet(rows, out_png, frames, mark_colour):
+    """rows: (label, frame files, whether to underline each) -> PNG grid of 2x-enlarged frames."""
+    out_png = Path(out_png)
     cell_w, cell_h, label_w, pad = 2 * MAX_W, 2 * MAX_H, 60, 6
     sheet = Image.new("RGB", (label_w + frames * (cell_w + pad), max(1, len(rows)) * (cell_h + pad)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     font = _font(str(FONT_DIR / "DejaVuSans-Bold.ttf"), 28) or ImageFont.load_default()
-    for r, (n, files) in enumerate(rows):
+    for r, (n, files, marks) in enumerate(rows):
         y = r * (cell_h + pad)
         draw.text((6, y + cell_h // 2 - 14), str(n), fill=(0, 0, 0), font=font)
-        for c, f in enumerate(files):
+        for c, (f, mark) in enumerate(zip(files, marks)):
             im = Image.open(f).convert("RGB")
             im = im.resize((im.width * 2, im.height * 2), Image.NEAREST)   # 2x nearest: shows the real pixels
             x = label_w + c * (cell_w + pad)
             sheet.paste(im, (x, y + cell_h - im.height))
-            if "_anchor" in f.name:
-                draw.rectangle([x, y + cell_h - 3, x + im.width, y + cell_h + 2], fill=(240, 200, 0))
+            if mark:
+                draw.rectangle([x, y + cell_h - 3, x + im.width, y + cell_h + 2], fill=mark_colour)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out_png)
     return out_png
@@ -1001,17 +1400,42 @@ def parse_numbers(parser, text):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Generate synthetic jersey-number tracklets (reused if cached).")
-    parser.add_argument("--out", default="data/synthetic")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiplies the sub-tracklet counts")
+    parser.add_argument("--long", action="store_true",
+                        help="long tracklets in SoccerNet's layout (OUT/train, OUT/test) instead of short ones")
+    parser.add_argument("--out", default=None, help="default: data/synthetic, or data/synthetic_long with --long")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies the sub-tracklet or tracklet counts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--numbers", default=None, help="comma-separated, e.g. 4,6,48 (default: all default numbers)")
     parser.add_argument("--count", type=int, default=None, help="sub-tracklets per number, replaces the default counts")
+    parser.add_argument("--not_visible", type=float, default=NOT_VISIBLE_SHARE,
+                        help="with --long: share of tracklets whose number never shows (label -1)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    parser.add_argument("--sheet", default="results/synth_samples.png", help="contact sheet written afterwards")
+    parser.add_argument("--sheet", default=None, help="contact sheet written afterwards "
+                        "(default: results/synth_samples.png, or results/synth_long_samples.png with --long)")
     parser.add_argument("--force", action="store_true", help="regenerate even if a matching dataset exists")
     args = parser.parse_args(argv)
     if not args.scale > 0:
         parser.error("--scale must be > 0")
+    if args.long:
+        run_long(parser, args)
+    else:
+        run_short(parser, args)
+
+
+def run_long(parser, args):
+    if args.numbers is not None or args.count is not None:
+        parser.error("--numbers and --count apply to short tracklets only; --long uses HARD_TRAIN/HARD_TEST")
+    if not 0 <= args.not_visible <= 1:
+        parser.error("--not_visible must be in [0, 1]")
+    out = args.out or "data/synthetic_long"
+    if args.force:
+        generate_long(out, args.scale, args.seed, args.workers, not_visible=args.not_visible)
+    else:
+        ensure_long_dataset(out, args.scale, args.seed, args.workers, not_visible=args.not_visible)
+    print(f"Contact sheet: {long_contact_sheet(out, args.sheet or 'results/synth_long_samples.png')}")
+
+
+def run_short(parser, args):
     if args.count is not None and args.count < 1:
         parser.error("--count must be >= 1")
     numbers = parse_numbers(parser, args.numbers) if args.numbers else sorted(DEFAULT_COUNTS)
@@ -1019,11 +1443,12 @@ def main(argv=None):
         counts = {n: args.count for n in numbers}
     else:
         counts = {n: DEFAULT_COUNTS.get(n, 100) for n in numbers}
+    out = args.out or "data/synthetic"
     if args.force:
-        generate(args.out, counts, args.scale, args.seed, args.workers)
+        generate(out, counts, args.scale, args.seed, args.workers)
     else:
-        ensure_dataset(args.out, counts, args.scale, args.seed, args.workers)
-    print(f"Contact sheet: {contact_sheet(args.out, args.sheet)}")
+        ensure_dataset(out, counts, args.scale, args.seed, args.workers)
+    print(f"Contact sheet: {contact_sheet(out, args.sheet or 'results/synth_samples.png')}")
 
 
 if __name__ == "__main__":
