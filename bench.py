@@ -25,6 +25,9 @@ Measured (sequences per second unless noted):
   zero_shot_end_to_end   its baseline (evaluate.py / predict.py --zero_shot): the same views, the shipped recognizer
                          in onnxruntime, greedy decoding and the vote
   reader_train_on_maps   the reader's training step on cached trunk maps (train.py, --finetune=neck)
+  long_legible / long_uniform  long SoccerNet-style tracklets (synth.py --long, tracklets per second) through
+                         predict.py: list the frames, score the legibility of up to 32 evenly spaced candidates
+                         with the shipped recognizer and read the most legible (or read evenly spaced ones)
 Every rate is the best of several timed blocks after a warm-up, ours and the reference alike. The paths a
 ratio compares are timed in 5 interleaved rounds (model-bound, ours, reference, model-bound, ...), so that a slow
 spell of a shared machine falls on both sides of the ratio, not on one.
@@ -54,6 +57,7 @@ import evaluate
 import model as model_lib
 import ocr
 import predict
+import synth
 import utils
 
 log = utils.log
@@ -321,6 +325,29 @@ def reader_blocks(cfg, samples, device, dtype, steps) -> tuple[dict, dict]:
                     "reader_trainable_m": trainable / 1e6, "reader_views_per_tracklet": views}
 
 
+def long_blocks(cfg, device, dtype, scale: float) -> tuple[dict, dict]:
+    """predict.py on the long SoccerNet-style tracklets (synth.py --long, test split) from image files: list
+    the frames, score the candidates' legibility and read the most legible (long_legible), or read evenly spaced
+    frames (long_uniform); the float model of `cfg` (untrained: speed only)."""
+    root = synth.ensure_long_dataset(os.path.join(cfg.synth_root, f"long_scale{scale:g}_seed0"), scale=scale)
+    split = str(root / "test")
+    net = model_lib.fused_for_inference(make_model(cfg, device, True).eval())
+
+    def block(sampling):
+        c = dataclasses.replace(cfg, eval_sampling=sampling)
+
+        def run():
+            samples, store, _, scores = predict.load_inputs([split], c)
+            predict.run(net, samples, store, predict.pick_frames(samples, c, scores), c, device, dtype)
+            return len(samples)
+        run()  # warm-up: kernels and the recognizer's session
+        return run
+    frames = [len(os.listdir(e.path)) for e in os.scandir(os.path.join(split, "images"))]
+    return {"long_legible": block("legible"), "long_uniform": block("uniform")}, \
+        {"long_tracklets": len(frames), "long_mean_frames": sum(frames) / len(frames),
+         "long_candidates": dataset.MAX_TRACKLET_FRAMES}
+
+
 def configs(argv) -> tuple:
     """The from-scratch reader the speed work was measured on (the user's --method unless it is a text
     recognizer's, else torso) and the pretrained-recognizer reader (the user's if it is one, else reader)."""
@@ -360,6 +387,9 @@ def main(argv=None):
               "train_reference": end_to_end_train(cfg, samples, store, device, None, block, True)}
     r.update(rates(blocks))
     blocks, facts = reader_blocks(rcfg, samples, device, dtype, steps)
+    r.update(facts)
+    r.update(rates(blocks))
+    blocks, facts = long_blocks(cfg, device, dtype, extra["bench_scale"])
     r.update(facts)
     r.update(rates(blocks))
     r["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

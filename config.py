@@ -10,6 +10,7 @@ This module imports nothing heavy, so `--help` prints at once.
 """
 import dataclasses
 import difflib
+import glob
 import os
 import sys
 import types
@@ -39,6 +40,7 @@ RECOGNIZERS = {
     "ppocr_v6": ("rapidocr", "models/PP-OCRv6_rec_small.onnx", "", "rapidocr==3.10.0", "Apache-2.0"),
 }
 RULES = ("argmax", "anti_empty", "confidence", "same_digit", "vote")  # decoding rules (decoding.py)
+SAMPLING = ("uniform", "random", "center", "legible")  # how frames are picked from a tracklet (dataset.select_frames)
 
 # --method presets: only fields the user did not set are changed (apply_method)
 PRESETS = {
@@ -69,14 +71,18 @@ class Config:
     synth_root: str = opt("data/synthetic", "where the embedded synthetic data is generated")
     synth_scale: float = opt(1.0, "size of the embedded data (1.0 = the original's 5,805 training tracklets)")
     synth_seed: int = opt(0, "seed of the embedded data")
-    train_classes: list[int] = opt([4, 6, 8, 9, 49, 66, 89], "numbers trained on")
-    test_classes: list[int] = opt([48, 64, 88], "numbers evaluate.py tests on (never seen in training)")
+    train_classes: list[int] = opt([4, 6, 8, 9, 49, 66, 89], "numbers trained on: a list, ranges such as 0-99, or "
+                                   "all (what the data holds; the default with --data_root)")
+    test_classes: list[int] = opt([48, 64, 88], "numbers evaluate.py tests on (never seen in training); a SoccerNet "
+                                                "split is scored whole, -1 included")
     allow_seen_test: bool = opt(False, "allow test numbers that are also training numbers (a plain test split)")
     val_split: float = opt(0.2, "share of the training numbers' players held back for validation")
     img_size: int = opt(96, "square input side in px (text readers: lines of 48 rows instead)")
     seq_len: int = opt(5, "frames read per tracklet")
-    train_sampling: str = opt("random", "how training picks frames: uniform | random | center")
-    eval_sampling: str = opt("uniform", "how evaluation picks frames: uniform | random | center")
+    train_sampling: str = opt("random", "how training picks frames: uniform | random | center | legible (among the "
+                                        "frames the text recognizer reads best; the default on a SoccerNet split)")
+    eval_sampling: str = opt("uniform", "how evaluation and prediction pick frames: uniform | random | center | "
+                                        "legible")
     use_anchor: bool = opt(True, "the anchor frame first during training and seen-number validation")
     eval_anchor: bool = opt(False, "held-out evaluation uses anchors too (new footage has none)")
     sharpen: float = opt(2.0, "PIL sharpness factor applied to every frame")
@@ -126,13 +132,11 @@ class Config:
         """Every problem at once, as readable messages; raises nothing."""
         e = []
         for name in ("train_classes", "test_classes"):
-            bad = [n for n in getattr(self, name) if not 0 <= n <= 99]
+            bad = [n for n in getattr(self, name) if not -1 <= n <= 99]
             if bad:
-                e.append(f"{name}: numbers must be in 0..99, got {bad}")
-        if not self.train_classes:
-            e.append("train_classes is empty")
+                e.append(f"{name}: numbers must be in 0..99 (or -1, SoccerNet's 'not visible'), got {bad}")
         overlap = sorted(set(self.train_classes) & set(self.test_classes))
-        if overlap and not self.allow_seen_test:
+        if overlap and not self.allow_seen_test and not is_soccernet(self.data_root):
             e.append(f"train_classes and test_classes overlap on {overlap}: held-out numbers must be unseen "
                      f"(--allow_seen_test to score a test split of the training numbers, e.g. SoccerNet's)")
         c = self.crop
@@ -167,7 +171,7 @@ class Config:
         ]
         e += [msg for ok, msg in checks if not ok]
         choices = {
-            "train_sampling": ("uniform", "random", "center"), "eval_sampling": ("uniform", "random", "center"),
+            "train_sampling": SAMPLING, "eval_sampling": SAMPLING,
             "backbone": (*BACKBONES, *RECOGNIZERS), "finetune": ("none", "neck", "all"), "head": ("digits", "ctc"),
             "class_weight": ("effective_number", "balanced", "none"), "method": tuple(PRESETS), "rule": RULES,
         }
@@ -195,9 +199,28 @@ class Config:
     def digit_coverage(self) -> dict[int, dict]:
         """For each test number: were its tens and units digits seen in those positions in training?"""
         tens = {n // 10 for n in self.train_classes if n >= 10}
-        units = {n % 10 for n in self.train_classes}
+        units = {n % 10 for n in self.train_classes if n >= 0}
         return {n: {"tens": n // 10, "tens_seen": n < 10 or n // 10 in tens,
-                    "units": n % 10, "units_seen": n % 10 in units} for n in self.test_classes}
+                    "units": n % 10, "units_seen": n % 10 in units} for n in self.test_classes if n >= 0}
+
+
+def is_soccernet(root: str) -> bool:
+    """SoccerNet jersey-number layout: <split>/images/<tracklet_id>/*.jpg beside <split>/<split>_gt.json."""
+    return bool(root) and os.path.isdir(os.path.join(root, "images")) \
+        and bool(glob.glob(os.path.join(glob.escape(root), "*_gt.json")))
+
+
+def apply_data_defaults(cfg: Config) -> Config:
+    """Your own data trains on every number it holds; a SoccerNet split (long tracklets, few readable frames)
+    reads its most legible frames. Only fields the user did not set (cfg._explicit)."""
+    explicit = getattr(cfg, "_explicit", set())
+    if cfg.data_root and "train_classes" not in explicit:
+        cfg.train_classes = []
+    if is_soccernet(cfg.data_root):
+        for k in ("train_sampling", "eval_sampling"):
+            if k not in explicit:
+                setattr(cfg, k, "legible")
+    return cfg
 
 
 def apply_method(cfg: Config) -> Config:
@@ -221,6 +244,8 @@ OPTIONS = {
     "quantize": (False, "run the trunk in INT8 on the CPU"),
     "zero_shot": (False, "no checkpoint: the text recognizer as shipped, frames vote"),
     "export_onnx": ("", "write the model as ONNX to this path"),
+    "format": ("", "soccernet: write {tracklet folder name: number or -1}, the challenge's submission format"),
+    "predictions": ("", "no checkpoint: score this SoccerNet-format file against --data_root's <split>_gt.json"),
     "bench_steps": (12, "timed steps per benchmark block"),
     "bench_scale": (0.03, "size of the benchmark's synthetic data"),
     "out_path": ("", "where pretrain.py writes the trunk (default: the cache train.py looks in)"),
@@ -228,8 +253,9 @@ OPTIONS = {
 }
 SCRIPTS = {
     "train": ("resume",),
-    "evaluate": ("checkpoint", "out", "split", "stability", "tune_blank", "uncertain_below", "quantize", "zero_shot"),
-    "predict": ("checkpoint", "out", "export_onnx", "quantize", "uncertain_below", "zero_shot"),
+    "evaluate": ("checkpoint", "out", "split", "stability", "tune_blank", "uncertain_below", "quantize", "zero_shot",
+                 "predictions"),
+    "predict": ("checkpoint", "out", "format", "export_onnx", "quantize", "uncertain_below", "zero_shot"),
     "analyze_weights": ("checkpoint", "out"),
     "bench": ("bench_steps", "bench_scale", "out"),
     "pretrain": ("out_path", "steps"),
@@ -274,7 +300,10 @@ def _parse_value(name: str, typ, raw: str):
             return raw.strip()
     if origin is list:
         (inner,) = typing.get_args(typ)
-        return [inner(x) for x in raw.replace(" ", "").split(",") if x]
+        items = [x for x in raw.replace(" ", "").split(",") if x]
+        if inner is int and items == ["all"]:
+            return []  # every number the data holds
+        return [v for x in items for v in _int_range(x)] if inner is int else [inner(x) for x in items]
     if typ is bool:
         low = raw.strip().lower()
         if low in TRUE_WORDS + ("",):
@@ -283,6 +312,16 @@ def _parse_value(name: str, typ, raw: str):
             return False
         raise ValueError(f"expected true/false, got {raw!r}")
     return typ(raw)
+
+
+def _int_range(text: str) -> list[int]:
+    """'7' -> [7]; '0-99' -> [0, ..., 99]."""
+    lo, dash, hi = text.partition("-")
+    if dash and lo:
+        if int(hi) < int(lo):
+            raise ValueError(f"empty range {text!r}")
+        return list(range(int(lo), int(hi) + 1))
+    return [int(text)]
 
 
 def flag_given(argv: list[str], name: str) -> bool:
@@ -362,6 +401,7 @@ def load(argv: list[str] | None = None, extras: dict | None = None, env_file: st
     cfg._explicit = explicit
     if cfg.method in PRESETS:
         apply_method(cfg)
+    apply_data_defaults(cfg)
     errors += cfg.validate()
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))

@@ -25,10 +25,14 @@ from PIL import Image, ImageEnhance, ImageFile, ImageFilter
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+import ocr
 import synth
-from config import EMPTY, FULL_FRAME, ConfigError, IMAGENET_MEAN, IMAGENET_STD, IMG_EXTS, LINE_HEIGHT
+from config import (BAND_HEIGHT, EMPTY, FULL_FRAME, IMAGENET_MEAN, IMAGENET_STD, IMG_EXTS, LINE_HEIGHT, ConfigError,
+                    is_soccernet)
 
 log = logging.getLogger("jersey")
+# the text lines frame_legibility reads: the reader preset's bands (sharpening off, as the recognizer was trained)
+LEGIBILITY_VIEWS = {"line_width": 80, "bands": 3, "band_height": BAND_HEIGHT, "sharpen": 1.0}
 MEAN, STD = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is a counted skip, not a half-grey frame
 NOT_VISIBLE = -1    # SoccerNet label: the number cannot be read in this tracklet
@@ -113,12 +117,7 @@ def _crawl_number(folder: str, n: int, skipped: Counter) -> list[Sample]:
     return out
 
 
-def is_soccernet(root: str) -> bool:
-    """SoccerNet jersey-number layout: <split>/images/<tracklet_id>/*.jpg beside <split>/<split>_gt.json."""
-    return os.path.isdir(os.path.join(root, "images")) and bool(glob.glob(os.path.join(glob.escape(root), "*_gt.json")))
-
-
-def _soccernet_labels(root: str) -> dict:
+def soccernet_labels(root: str) -> dict:
     """tracklet id -> label from <split>_gt.json (the one named after the folder if there are several)."""
     found = sorted(glob.glob(os.path.join(glob.escape(root), "*_gt.json")))
     named = os.path.join(root, f"{os.path.basename(os.path.normpath(root))}_gt.json")
@@ -136,7 +135,7 @@ def _soccernet_labels(root: str) -> dict:
     return {str(k): v for k, v in gt.items()}
 
 
-def _soccernet_number(v) -> int | None:
+def soccernet_number(v) -> int | None:
     """Labels are ints (maybe written as strings); -1 = not visible; anything else outside 0..99 is bad."""
     if isinstance(v, int) and not isinstance(v, bool):
         n = v
@@ -152,7 +151,7 @@ def crawl_soccernet(root: str, numbers=None) -> tuple[list[Sample], Counter]:
     the split. One tracklet = one sample and its own group. Not-visible (-1) tracklets are returned only when
     -1 is in `numbers` (or numbers is None); otherwise they are counted, so digit training never sees them but
     the log and results JSON report how many there were. Long tracklets keep MAX_TRACKLET_FRAMES frames."""
-    labels = _soccernet_labels(root)
+    labels = soccernet_labels(root)
     wanted = None if numbers is None else set(numbers)
     samples, skipped, trimmed = [], Counter(), 0
     folders = {}
@@ -167,7 +166,7 @@ def crawl_soccernet(root: str, numbers=None) -> tuple[list[Sample], Counter]:
         if tid not in labels:
             skipped["tracklet folder without a label in gt.json"] += 1
             continue
-        n = _soccernet_number(labels[tid])
+        n = soccernet_number(labels[tid])
         if n is None:
             skipped["label not a number 0..99 or -1"] += 1
             continue
@@ -184,7 +183,7 @@ def crawl_soccernet(root: str, numbers=None) -> tuple[list[Sample], Counter]:
         trimmed += len(imgs) > MAX_TRACKLET_FRAMES
         frames = evenly_spaced([os.path.join(folders[tid], f) for f in imgs], MAX_TRACKLET_FRAMES)
         samples.append(Sample(folders[tid], n, frames, None, f"soccernet/{tid}"))
-    missing = [t for t, v in labels.items() if t not in folders and (wanted is None or _soccernet_number(v) in wanted)]
+    missing = [t for t, v in labels.items() if t not in folders and (wanted is None or soccernet_number(v) in wanted)]
     if missing:
         skipped["labelled tracklet with no image folder"] += len(missing)
     if trimmed:
@@ -200,16 +199,23 @@ def evenly_spaced(items: list, k: int) -> list:
 
 
 def select_frames(n_frames: int, anchor: int | None, seq_len: int, strategy: str, rng: np.random.Generator,
-                  pad: bool = True) -> list[int]:
-    """Anchor first (if any), the rest from the non-anchor frames; pad by repeating the last frame."""
+                  pad: bool = True, scores=None, explore: bool = False) -> list[int]:
+    """Anchor first (if any), the rest from the non-anchor frames; pad by repeating the last frame.
+    'legible' takes the frames with the highest `scores` (one per frame), in time order; with `explore`
+    (training) a random choice among the twice as many most legible ones, so an epoch does not always show the
+    same frames. Where no frame scores above 0 it falls back to evenly spaced frames."""
     first = [] if anchor is None else [anchor]
     others = [i for i in range(n_frames) if i != anchor]
     need = seq_len - len(first)
     if need <= 0:
         return first[:seq_len]
-    if len(others) <= need:
+    if strategy == "legible" and scores is not None and len(others) > need and max(scores[i] for i in others) > 0:
+        ranked = sorted(others, key=lambda i: -scores[i])  # stable: ties keep time order
+        pool = ranked[:2 * need] if explore else ranked[:need]
+        picked = sorted(rng.choice(pool, need, replace=False).tolist() if explore else pool)
+    elif len(others) <= need:
         picked = others
-    elif strategy == "uniform":
+    elif strategy in ("uniform", "legible"):
         picked = [others[int(round(j))] for j in np.linspace(0, len(others) - 1, need)]
     elif strategy == "random":
         picked = [others[j] for j in sorted(rng.choice(len(others), need, replace=False))]
@@ -395,9 +401,11 @@ class TrackletDataset(Dataset):
     """Item: (frames uint8 [T, S, S, 3], tens, units, number, index). Augmentation happens per batch."""
 
     def __init__(self, samples: list[Sample], store: FrameStore, seq_len: int, strategy: str,
-                 use_anchor: bool = True, pad: bool = True):
+                 use_anchor: bool = True, pad: bool = True, scores: dict | None = None, explore: bool = False):
+        """`scores`: frame path -> legibility (frame_legibility), for strategy 'legible'; `explore`: training."""
         self.samples, self.store = samples, store
         self.seq_len, self.strategy, self.use_anchor, self.pad = seq_len, strategy, use_anchor, pad
+        self.scores, self.explore = scores, explore
 
     def __len__(self):
         return len(self.samples)
@@ -408,16 +416,20 @@ class TrackletDataset(Dataset):
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,))))
         anchor = s.anchor if self.use_anchor else None
         n = len(s.frames)
+        scores = None if self.scores is None else [self.scores.get(f, 0.0) for f in s.frames]
+        kw = dict(pad=self.pad, explore=self.explore)
         if not self.use_anchor and s.anchor is not None and n > 1:
             # evaluation without anchors: the anchor file is not part of the footage at all
             keep = [j for j in range(n) if j != s.anchor]
-            return [keep[j] for j in select_frames(len(keep), None, self.seq_len, self.strategy, rng, self.pad)]
-        return select_frames(n, anchor, self.seq_len, self.strategy, rng, self.pad)
+            kept_scores = None if scores is None else [scores[j] for j in keep]
+            return [keep[j] for j in select_frames(len(keep), None, self.seq_len, self.strategy, rng,
+                                                   scores=kept_scores, **kw)]
+        return select_frames(n, anchor, self.seq_len, self.strategy, rng, scores=scores, **kw)
 
     def __getitem__(self, i):
         s = self.samples[i]
         frames = self.store.get([s.frames[j] for j in self.frame_indices(i)])
-        tens, units = decompose(s.number)
+        tens, units = decompose(s.number) if s.number >= 0 else (0, 0)  # -1: no digits to learn, only 'not visible'
         return torch.from_numpy(frames), tens, units, s.number, i
 
 
@@ -554,18 +566,36 @@ def data_root(cfg) -> str:
 
 
 def load_samples(cfg, numbers, root: str | None = None, workers: int = 0):
-    """Crawl, decode once (cached) and clean the samples of `numbers`; returns (samples, store, skipped)."""
+    """Crawl, decode once (cached) and clean the samples of `numbers` (empty or None: every number the data holds,
+    SoccerNet's -1 included); returns (samples, store, skipped)."""
     root = root or data_root(cfg)
+    numbers = list(numbers) if numbers else None
     try:
         samples, skipped = crawl(root, numbers)
     except (FileNotFoundError, ValueError) as err:  # ValueError: an unreadable SoccerNet *_gt.json
         raise ConfigError(str(err)) from None
     if not samples:
-        raise ConfigError(f"no sub-tracklet with images for numbers {sorted(numbers)} under {root!r}")
+        raise ConfigError(f"no sub-tracklet with images for numbers {sorted(numbers or ['any'])} under {root!r}")
     store = FrameStore.of(samples, cfg, cfg.cache_dir, workers)
     samples = store.drop_unreadable(samples, skipped)
-    missing = sorted(set(numbers) - {s.number for s in samples})
+    missing = sorted(set(numbers or ()) - {s.number for s in samples})
     if missing:
         raise ConfigError(f"no usable sample for number(s) {missing} under {root!r}")
     report_skips(skipped)
     return samples, store, skipped
+
+
+def frame_legibility(samples: list[Sample], cfg, cache_dir: str = "", workers: int = 0) -> dict:
+    """frame path -> how legible a jersey number is in it: the shipped text recognizer's best confidence in a
+    1-2 digit read over the frame's text-line bands (0: none reads a number). Cached by files and settings."""
+    store = FrameStore(samples, LINE_HEIGHT, LEGIBILITY_VIEWS["sharpen"], cache_dir, workers, crop=cfg.crop,
+                       views={k: v for k, v in LEGIBILITY_VIEWS.items() if k != "sharpen"})
+    paths = sorted(store.index, key=store.index.get)
+    cache = os.path.join(cache_dir, f"legibility_{store.fingerprint}.npy") if cache_dir else ""
+    if cache and os.path.isfile(cache):
+        scores = np.load(cache)
+    else:
+        scores = ocr.legibility(store.frames, desc="frame legibility")
+        if cache:
+            np.save(cache, scores)
+    return dict(zip(paths, scores.tolist()))

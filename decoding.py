@@ -118,6 +118,37 @@ def tune_blank(res, grid=BLANK_PENALTIES) -> float:
     return tune(res, decode, grid)
 
 
+def with_not_visible(number, p_visible, threshold: float):
+    """-1 (no number visible) where the model's P(visible) is below `threshold`; 0 never answers -1."""
+    return torch.where(p_visible < threshold, torch.full_like(number, dataset.NOT_VISIBLE), number)
+
+
+def tune_not_visible(res) -> float:
+    """The P(visible) threshold under which a tracklet is answered -1, chosen for the best accuracy on `res`
+    (validation) with -1 counted as an answer; 0 (never -1) when `res` holds no -1 tracklet to learn it from.
+    Candidates lie halfway between neighbouring P(visible) values, so the cut does not sit on a tracklet."""
+    hidden = res["number"] < 0
+    if not bool(hidden.any()):
+        return 0.0
+    p = res["p_visible"]
+    values = torch.unique(p)
+    cuts = torch.cat([values[:1] / 2, (values[1:] + values[:-1]) / 2, (values[-1:] + 1) / 2])
+    right_if_shown = res["p_num"].argmax(1) == res["number"]
+    below = p[None, :] < cuts[:, None]  # [cuts, tracklets]
+    acc = torch.where(below, hidden[None, :], right_if_shown[None, :]).float().mean(1)
+    return round(float(cuts[acc.argmax()]), 4)  # ties: the lowest cut, the fewest -1 answers
+
+
+def not_visible_metrics(pred, true) -> dict:
+    """How the -1 answers fare: precision (of the -1 answers, how many are -1 tracklets) and recall (of the -1
+    tracklets, how many got -1), in %; None where there is nothing to divide by."""
+    said, hidden = pred < 0, true < 0
+    hit = int((said & hidden).sum())
+    ratio = lambda a, b: round(100.0 * a / b, 2) if b else None  # noqa: E731
+    return {"tracklets": int(hidden.sum()), "answered": int(said.sum()), "precision": ratio(hit, int(said.sum())),
+            "recall": ratio(hit, int(hidden.sum()))}
+
+
 def best_frame_and_vote(p):
     """Per-frame probabilities [N, T, 100] -> ((answer of the surest frame, its confidence), (the answer most
     frames give, ties to the larger summed confidence; the mean confidence of its frames))."""
@@ -132,16 +163,23 @@ def best_frame_and_vote(p):
 
 # ---- metrics ---------------------------------------------------------------------------------------------
 
+def subset(res: dict, keep: torch.Tensor) -> dict:
+    """The predictions `res` (predict_loader) of the tracklets where `keep` is true."""
+    return {k: v[keep] if torch.is_tensor(v) and v.dim() and len(v) == len(keep) else v for k, v in res.items()}
+
+
 def pct(b: torch.Tensor) -> float:
     return round(100.0 * b.float().mean().item(), 2) if len(b) else 0.0
 
 
 def digit_metrics(res) -> dict:
-    """Validation accuracy in percent: whole number (argmax of the joint), tens, units, both digits."""
-    pred_t, pred_u = res["p_tens"].argmax(1), res["p_units"].argmax(1)
-    true_t = res["tens"]
-    return {"acc": pct(res["p_num"].argmax(1) == res["number"]), "tens_acc": pct(pred_t == true_t),
-            "units_acc": pct(pred_u == res["units"]), "both_acc": pct((pred_t == true_t) & (pred_u == res["units"]))}
+    """Validation accuracy in percent on the tracklets with a visible number: whole number (argmax of the joint),
+    tens, units, both digits."""
+    seen = res["number"] >= 0
+    pred_t, pred_u = res["p_tens"][seen].argmax(1), res["p_units"][seen].argmax(1)
+    true_t, true_u = res["tens"][seen], res["units"][seen]
+    return {"acc": pct(res["p_num"][seen].argmax(1) == res["number"][seen]), "tens_acc": pct(pred_t == true_t),
+            "units_acc": pct(pred_u == true_u), "both_acc": pct((pred_t == true_t) & (pred_u == true_u))}
 
 
 def uncertain_threshold(res, percentile: float = 5.0, fallback: float = 0.5) -> float:

@@ -25,10 +25,13 @@ PRETRAINED_LR = 0.1  # a text recognizer's own weights (neck, digit classifier) 
 
 class Criterion:
     """Weighted, label-smoothed cross-entropy per digit head, summed; for the ctc head the weighted CTC
-    likelihood of the true number."""
+    likelihood of the true number. Where the training numbers hold -1 tracklets (no number visible), those
+    train only the 'visible' head (binary cross-entropy on every tracklet); the digits learn from the others."""
 
     def __init__(self, cfg, train_numbers, device):
         self.head, self.smoothing = cfg.head, cfg.label_smoothing
+        self.learn_visible = any(n < 0 for n in train_numbers)
+        train_numbers = [n for n in train_numbers if n >= 0]
         kw = dict(method=cfg.class_weight, **CLASS_WEIGHTS)
         if cfg.head == "digits":
             tens, units = zip(*map(dataset.decompose, train_numbers))
@@ -44,11 +47,20 @@ class Criterion:
         self.weights = {k: v.to(device) for k, v in self.weights.items()}
 
     def __call__(self, out, tens, units, number):
+        seen = number >= 0
+        loss = self.digits(out, tens, units, number, seen) if bool(seen.any()) else out["attention"].sum() * 0
+        if self.learn_visible:
+            loss = loss + F.binary_cross_entropy_with_logits(out["visible"].float(), seen.float())
+        return loss
+
+    def digits(self, out, tens, units, number, seen):
         if self.head == "ctc":  # the CTC likelihood itself (no softmax over the 100 numbers, no smoothing)
-            w = self.weights["number"][number]
-            return -(w * out["number"].gather(1, number[:, None]).squeeze(1)).sum() / w.sum().clamp_min(1e-12)
-        targets = {"tens": tens, "units": units}
-        return sum(weighted_ce(out[k].float(), targets[k], self.weights[k], self.smoothing) for k in self.weights)
+            w = self.weights["number"][number[seen]]
+            ll = out["number"][seen].gather(1, number[seen, None]).squeeze(1)
+            return -(w * ll).sum() / w.sum().clamp_min(1e-12)
+        targets = {"tens": tens[seen], "units": units[seen]}
+        return sum(weighted_ce(out[k][seen].float(), targets[k], self.weights[k], self.smoothing)
+                   for k in self.weights)
 
 
 def weighted_ce(logits, target, weight, smoothing):
@@ -153,7 +165,7 @@ def predict_loader(model, loader, device, dtype, cfg, criterion=None, desc="eval
     """Run the model over a loader; returns probabilities, labels, attention and (optionally) the mean loss."""
     model.eval()
     keep = {k: [] for k in ("p_num", "p_tens", "p_units", "tens", "units", "number", "index", "attention", "logits",
-                            *(("columns",) if cfg.head == "ctc" else ()))}
+                            "p_visible", *(("columns",) if cfg.head == "ctc" else ()))}
     loss_sum, n = 0.0, 0
     for step, batch in enumerate(tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)):
         if cfg.max_steps and step >= cfg.max_steps:
@@ -167,6 +179,7 @@ def predict_loader(model, loader, device, dtype, cfg, criterion=None, desc="eval
         p_num, p_tens, p_units = model_lib.probabilities(out)
         logits = out["tens"].float() if "tens" in out else out["number"].float()
         for k, v in zip(keep, (p_num, p_tens, p_units, tens, units, number, batch["index"], out["attention"], logits,
+                               torch.sigmoid(out["visible"].float()),
                                *((out["columns"],) if "columns" in out else ()))):
             keep[k].append(v.float().cpu() if v.is_floating_point() else v.cpu())
     res = {k: torch.cat(v) if v else torch.empty(0) for k, v in keep.items()}

@@ -8,6 +8,7 @@
     python evaluate.py --checkpoint ... --quantize           # the trunk in INT8 on the CPU (predict.py --quantize)
     python evaluate.py --checkpoint=a.pth,b.pth,c.pth       # an ensemble: the mean of their probabilities
     python evaluate.py --zero_shot                          # no checkpoint: the text recognizer as shipped
+    python evaluate.py --predictions=preds.json --data_root=SPLIT   # score a SoccerNet-format predictions file
 
 The model and data settings come from the checkpoint; any --field=value overrides them.
 """
@@ -16,9 +17,9 @@ import config
 if __name__ == "__main__":  # --help before torch is imported, so it prints at once
     config.exit_on_help(__doc__, config.options("evaluate"))
 
+import json
 import os
 import sys
-from collections import Counter
 
 import numpy as np
 import torch
@@ -112,9 +113,12 @@ def single_frames(model, samples, store, cfg, device, dtype, kw) -> dict:
     return {"best_frame": _stability_row(best, best_conf, truth), "frame_vote": _stability_row(vote, vote_conf, truth)}
 
 
-def stability(model, samples, store, cfg, device, dtype) -> dict:
+def stability(model, data, cfg, device, dtype) -> dict:
+    """The sequence against the anchor frame repeated, a random frame repeated, its surest frame and a vote of its
+    frames (single_frames), on eval_samples' `data`."""
+    samples, store, _, anchor, scores = data
     out = {}
-    kw = dict(seq_len=cfg.seq_len, strategy=cfg.eval_sampling, use_anchor=cfg.eval_anchor)
+    kw = dict(seq_len=cfg.seq_len, strategy=cfg.eval_sampling, use_anchor=anchor, scores=scores)
     for mode in ("sequence", "anchor", "random_frame"):
         ds = dataset.TrackletDataset(samples, store, **kw) if mode == "sequence" else \
             FrameModeDataset(samples, store, mode=mode, **kw)
@@ -126,39 +130,12 @@ def stability(model, samples, store, cfg, device, dtype) -> dict:
     return {**out, **single_frames(model, samples, store, cfg, device, dtype, kw)}
 
 
-# ---- not-visible tracklets and the worst mistakes -------------------------------------------------------
-
-def score_not_visible(model, cfg, device, dtype, threshold: float) -> dict | None:
-    """SoccerNet's -1 (number not visible) tracklets: right when the model abstains, i.e. its confidence (top
-    probability over 0..99, as predict.py's `uncertain`) is below `threshold`. None for other layouts."""
-    root = dataset.data_root(cfg)
-    if not dataset.is_soccernet(root):
-        return None
-    samples, _ = dataset.crawl(root, [dataset.NOT_VISIBLE])  # its other skips were counted by the main crawl
-    if not samples:
-        return None
-    store = dataset.FrameStore.of(samples, cfg, cfg.cache_dir)
-    unreadable = Counter()
-    samples = store.drop_unreadable(samples, unreadable)
-    for reason, count in sorted(unreadable.items()):
-        log.warning("not-visible tracklets: skipped %d x %s", count, reason)
-    out = {"total": len(samples), "abstained": 0, "accuracy": 0.0, "threshold": threshold, "skipped": dict(unreadable)}
-    if samples:
-        ds = dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.eval_sampling, cfg.eval_anchor)
-        res = engine.predict_loader(model, engine.eval_loader(ds, cfg), device, dtype, cfg,
-                                    desc="evaluate not visible")
-        out["abstained"] = int((res["p_num"].max(1).values < threshold).sum())
-        out["accuracy"] = round(100.0 * out["abstained"] / len(samples), 2)
-    return out
-
-
 # ---- the zero-shot baseline ------------------------------------------------------------------------------
 
-def zero_shot_reads(cfg, samples, store, anchor) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
-    """The shipped recognizer's vote (ocr.ZeroShot) on each tracklet, reading the views a trained reader of the
-    same config reads: (numbers, -1 where no view read one; the winner's share of the votes; the votes)."""
+def zero_shot_reads(cfg, ds) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    """The shipped recognizer's vote (ocr.ZeroShot) on each tracklet of `ds`, reading the views a trained reader
+    of the same config reads: (numbers, -1 where no view read one; the winner's share of the votes; the votes)."""
     reader = ocr.ZeroShot(cfg.backbone)
-    ds = dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.eval_sampling, anchor)
     utils.seed_everything(cfg.seed)
     numbers, conf, votes = [], [], []
     for batch in tqdm(engine.eval_loader(ds, cfg), desc="zero-shot", leave=False, dynamic_ncols=True):
@@ -184,8 +161,9 @@ def zero_shot_main(argv) -> dict:
     cfg, extra = zero_shot_config(argv, config.options("evaluate", zero_shot=True))
     if extra["split"] not in SPLIT_FILES:
         raise config.ConfigError(f"--split must be one of {', '.join(SPLIT_FILES)}")
-    samples, store, skipped, anchor = eval_samples(cfg, extra["split"])
-    pred, conf, votes = zero_shot_reads(cfg, samples, store, anchor)
+    data = eval_samples(cfg, extra["split"])
+    samples, skipped, anchor = data[0], data[2], data[3]
+    pred, conf, votes = zero_shot_reads(cfg, tracklets(cfg, data))
     true = torch.tensor([s.number for s in samples])
     results = {
         "accuracy": round(100.0 * (pred == true).float().mean().item(), 2), "rule": "zero_shot_vote",
@@ -205,6 +183,48 @@ def zero_shot_main(argv) -> dict:
     log.info("zero-shot %s (%s): %.2f%% of %d tracklets, %d with no number read", cfg.backbone, extra["split"],
              results["accuracy"], len(samples), results["no_answer"])
     log.info("per number: %s", ", ".join(f"{n}: {v['correct']}/{v['total']}" for n, v in results["per_number"].items()))
+    log.info("wrote %s", out)
+    return results
+
+
+# ---- a predictions file, scored as the SoccerNet challenge scores it ---------------------------------------
+
+MISSING = 100  # the answer of a tracklet the predictions file leaves out: never right, never -1
+
+
+def read_predictions(path: str) -> dict:
+    try:
+        with open(path) as f:
+            preds = json.load(f)
+    except (OSError, ValueError) as err:
+        raise config.ConfigError(f"--predictions {path!r} could not be read as JSON ({type(err).__name__})") from None
+    if not isinstance(preds, dict):
+        raise config.ConfigError(f"--predictions {path!r} must map tracklet -> number or -1 (predict.py "
+                                 f"--format=soccernet writes one), got a {type(preds).__name__}")
+    return {str(k): dataset.soccernet_number(v) for k, v in preds.items()}
+
+
+def predictions_main(argv) -> dict:
+    """evaluate.py --predictions=FILE --data_root=SPLIT: no model; every labelled tracklet of the split scored,
+    -1 right only on a -1 tracklet, a tracklet the file leaves out wrong."""
+    cfg, extra = config.load(argv, extras=config.options("evaluate"), doc=__doc__)
+    if not config.is_soccernet(cfg.data_root):
+        raise config.ConfigError("--predictions scores against a SoccerNet split: --data_root must be a folder "
+                                 "holding images/ and <split>_gt.json")
+    preds = read_predictions(extra["predictions"])
+    labels = {k: n for k, v in dataset.soccernet_labels(cfg.data_root).items()
+              if (n := dataset.soccernet_number(v)) is not None}
+    true = torch.tensor(list(labels.values()))
+    pred = torch.tensor([MISSING if preds.get(k) is None else preds[k] for k in labels])
+    results = {"accuracy": decoding.pct(pred == true), "num_tracklets": len(labels),
+               "missing": sum(preds.get(k) is None for k in labels), "unknown": len(set(preds) - set(labels)),
+               "per_number": decoding.per_number(true, pred),
+               "not_visible": decoding.not_visible_metrics(pred, true),
+               "predictions": extra["predictions"], "data_root": cfg.data_root}
+    out = extra["out"] or os.path.join(cfg.results_dir, "soccernet_scores.json")
+    utils.atomic_save(results, out)
+    log.info("%s: %.2f%% of %d tracklets (-1 included); %d missing from the file, %d not in the split",
+             extra["predictions"], results["accuracy"], len(labels), results["missing"], results["unknown"])
     log.info("wrote %s", out)
     return results
 
@@ -229,6 +249,7 @@ def load_member(path, cli):
     net, cfg = model_lib.model_from_checkpoint(ckpt, path)
     for k in cli._explicit:
         setattr(cfg, k, getattr(cli, k))
+    cfg._explicit = cli._explicit
     if "max_steps" not in cli._explicit:
         cfg.max_steps = 0  # a smoke-test checkpoint's step limit must not cut evaluation short
     net.blank_penalty = cfg.blank_penalty  # a decoding setting, so --blank_penalty may override the checkpoint's
@@ -260,21 +281,32 @@ def ensemble(members, split: str):
 
 
 def eval_samples(cfg, split):
+    """(samples, store, skipped, whether anchors are used, frame legibility or None) of a split. The test split
+    of a SoccerNet root is every tracklet it holds, -1 included, unless --test_classes says otherwise."""
     if split != "test":  # a side of the split train.py made (same numbers, fraction, seed)
         samples, store, skipped = dataset.load_samples(cfg, cfg.train_classes)
         train_side, val_side = dataset.train_val(samples, cfg)
-        return (val_side if split == "val" else train_side), store, skipped, cfg.use_anchor
-    samples, store, skipped = dataset.load_samples(cfg, cfg.test_classes)
-    return samples, store, skipped, cfg.eval_anchor
+        samples, anchor = (val_side if split == "val" else train_side), cfg.use_anchor
+    else:
+        whole = config.is_soccernet(cfg.data_root) and "test_classes" not in getattr(cfg, "_explicit", ())
+        samples, store, skipped = dataset.load_samples(cfg, None if whole else cfg.test_classes)
+        anchor = cfg.eval_anchor
+    scores = dataset.frame_legibility(samples, cfg, cfg.cache_dir) if cfg.eval_sampling == "legible" else None
+    return samples, store, skipped, anchor, scores
+
+
+def tracklets(cfg, data) -> dataset.TrackletDataset:
+    """The evaluation dataset of eval_samples' `data`."""
+    samples, store, _, anchor, scores = data
+    return dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.eval_sampling, anchor, scores=scores)
 
 
 def run_split(model, cfg, split, device, dtype, data=None):
-    """Predictions on a split; `data`: its eval_samples, when the caller has them already."""
-    samples, store, skipped, anchor = data or eval_samples(cfg, split)
-    ds = dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.eval_sampling, anchor)
+    """Predictions on a split and its eval_samples (`data`, when the caller has them already)."""
+    data = data or eval_samples(cfg, split)
     utils.seed_everything(cfg.seed)
-    return engine.predict_loader(model, engine.eval_loader(ds, cfg), device, dtype, cfg, desc=f"evaluate {split}"), \
-        samples, store, skipped, anchor
+    loader = engine.eval_loader(tracklets(cfg, data), cfg)
+    return engine.predict_loader(model, loader, device, dtype, cfg, desc=f"evaluate {split}"), data
 
 
 def tune_blank_penalty(model, cfg, extra, res, device, dtype) -> dict:
@@ -302,9 +334,9 @@ def quantized(net, samples, store, picks=None, ranges=None):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if config.flag_given(argv, "zero_shot"):
+    if config.flag_given(argv, "zero_shot") or any(a.startswith("--predictions") for a in argv):
         utils.setup_logging()
-        return zero_shot_main(argv)
+        return zero_shot_main(argv) if config.flag_given(argv, "zero_shot") else predictions_main(argv)
     cfg, extra, ckpt, model = load_for_eval(argv, config.options("evaluate"))
     utils.setup_logging()
     if extra["split"] not in SPLIT_FILES:
@@ -320,13 +352,20 @@ def main(argv=None):
     calibration = None
     if extra["quantize"]:  # the checkpoint's ranges, else calibrated on the frames of the split (no labels used)
         model, calibration = quantized(model, *data[:2], ranges=ckpt.get("int8_ranges"))
-    res, samples, store, skipped, anchor = run_split(model, cfg, extra["split"], device, dtype, data)
+    res, data = run_split(model, cfg, extra["split"], device, dtype, data)
+    samples, store, skipped, anchor, _ = data
     if extra["tune_blank"]:
         res = tune_blank_penalty(model, cfg, extra, res, device, dtype)
-    rules, decoded = decoding.score(res)
-    t, u, num, conf = decoded[cfg.rule]
+    seen = res["number"] >= 0
+    rules = decoding.score(decoding.subset(res, seen))[0]  # digit reading, on the tracklets that show a number
+    decoded = decoding.decode_all(res["p_tens"], res["p_units"])
+    t, u, rule_num, conf = decoded[cfg.rule]
+    nv_threshold = float(ckpt.get("not_visible_threshold", 0.0))
+    num = decoding.with_not_visible(rule_num, res["p_visible"], nv_threshold)
     results = {
-        "accuracy": rules[cfg.rule]["accuracy"], "rule": cfg.rule, "per_number": rules[cfg.rule]["per_number"],
+        "accuracy": decoding.pct(num == res["number"]), "rule": cfg.rule,
+        "per_number": decoding.per_number(res["number"], num),
+        "not_visible": {"threshold": nv_threshold, **decoding.not_visible_metrics(num, res["number"])},
         "rules": rules, "skipped": dict(skipped), "split": extra["split"], "anchor_frames_used": anchor,
         "int8_trunk": extra["quantize"], "int8_ranges_from": calibration,
         "numbers": sorted({s.number for s in samples}), "num_tracklets": len(samples),
@@ -337,7 +376,7 @@ def main(argv=None):
         "digit_coverage": {str(k): v for k, v in cfg.digit_coverage().items()},
         "config": config.to_dict(cfg),
         "predictions": [{"path": samples[i].path, "true": int(res["number"][k]), "pred": int(num[k]),
-                         "confidence": round(float(conf[k]), 4),
+                         "confidence": round(float(conf[k]), 4), "p_visible": round(float(res["p_visible"][k]), 4),
                          "tens_confidence": round(float(res["p_tens"][k, t[k]]), 4),
                          "units_confidence": round(float(res["p_units"][k, u[k]]), 4),
                          "p_empty": round(float(res["p_tens"][k, EMPTY]), 4)}
@@ -345,18 +384,16 @@ def main(argv=None):
     }
     threshold = utils.uncertain_threshold(ckpt, extra["uncertain_below"])
     results["uncertain"] = {"threshold": threshold, "flagged": int((res["p_num"].max(1).values < threshold).sum())}
-    not_visible = score_not_visible(model, cfg, device, dtype, threshold) if extra["split"] == "test" else None
-    if not_visible is not None:
-        results["not_visible"] = not_visible
     if extra["stability"]:
-        results["stability"] = stability(model, samples, store, cfg, device, dtype)
+        results["stability"] = stability(model, data, cfg, device, dtype)
     out = extra["out"] or os.path.join(cfg.results_dir, SPLIT_FILES[extra["split"]])
     utils.atomic_save(results, out)
-    plots.plot_confusion(res, decoded[cfg.rule], os.path.join(cfg.results_dir, "confusion_matrices", "confusion_matrices.png"))
+    plots.plot_confusion(decoding.subset(res, seen), [d[seen] for d in decoded[cfg.rule]],
+                         os.path.join(cfg.results_dir, "confusion_matrices", "confusion_matrices.png"))
     plots.plot_per_number(results["per_number"], os.path.join(cfg.results_dir, "per_class_accuracy.png"),
                     f"{extra['split']} accuracy per number ({cfg.rule})")
     gallery = os.path.join(cfg.results_dir, "worst_mistakes.png")
-    plots.plot_mistakes(res, num, conf, dataset.TrackletDataset(samples, store, cfg.seq_len, cfg.eval_sampling, anchor), gallery)
+    plots.plot_mistakes(res, num, conf, tracklets(cfg, data), gallery)
     print_summary(results)
     log.info("wrote %s", out)
     return results
@@ -374,9 +411,10 @@ def print_summary(results):
     if "uncertain" in results:
         log.info("uncertain (confidence < %.3f): %d of %d", results["uncertain"]["threshold"],
                  results["uncertain"]["flagged"], results["num_tracklets"])
-    if "not_visible" in results:
-        nv = results["not_visible"]
-        log.info("not visible (-1): %d of %d abstained (%.2f%%)", nv["abstained"], nv["total"], nv["accuracy"])
+    nv = results.get("not_visible", {})
+    if nv.get("tracklets") or nv.get("answered"):
+        log.info("not visible (-1): %d tracklets, %d answered -1 (P(visible) < %.3f): precision %s%%, recall %s%%",
+                 nv["tracklets"], nv["answered"], nv["threshold"], nv["precision"], nv["recall"])
     if "stability" in results:
         for mode, m in results["stability"].items():
             log.info("stability %-13s acc %6.2f  conf %.3f  var %.4f", mode, m["accuracy"], m["mean_confidence"],

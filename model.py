@@ -255,6 +255,8 @@ class JerseyTemporalNet(nn.Module):
                             dropout=dropout if lstm_layers > 1 else 0.0)
         d = 2 * lstm_hidden
         self.temporal = TemporalAttention(d)
+        # is a number visible in the tracklet at all (SoccerNet's -1)? Learned where the data has -1 tracklets
+        self.visible = nn.Linear(d, 1)
         self.head_type = head
         if head == "digits":
             self.tens = DigitHead(d, head_hidden, 11, dropout)
@@ -318,10 +320,11 @@ class JerseyTemporalNet(nn.Module):
 
     def forward(self, x, mask=None):
         z, attn, cols = self.encode(x, mask)
+        visible = self.visible(z).squeeze(-1)
         if self.head_type == "ctc":  # the columns too, so evaluate.py can decode again with another blank penalty
             penalty = 0.0 if self.training else self.blank_penalty
-            return {"number": ctc_mixture(cols, attn, penalty), "attention": attn, "columns": cols}
-        return {"tens": self.tens(z), "units": self.units(z), "attention": attn}
+            return {"number": ctc_mixture(cols, attn, penalty), "attention": attn, "columns": cols, "visible": visible}
+        return {"tens": self.tens(z), "units": self.units(z), "attention": attn, "visible": visible}
 
     @torch.inference_mode()
     def predict(self, x, mask=None):
@@ -378,7 +381,9 @@ class Ensemble(nn.Module):
     def forward(self, x, mask=None):
         outs = [m(x, mask) for m in self.members]
         p_num = torch.stack([probabilities(o)[0] for o in outs]).mean(0)
-        return {"number": p_num.clamp_min(1e-30).log(), "attention": outs[0]["attention"]}
+        visible = torch.stack([torch.sigmoid(o["visible"].float()) for o in outs]).mean(0)
+        return {"number": p_num.clamp_min(1e-30).log(), "attention": outs[0]["attention"],
+                "visible": torch.logit(visible, eps=1e-6)}
 
 
 def build(cfg, pretrained: bool | None = None, init_path: str = "") -> JerseyTemporalNet:
@@ -399,7 +404,10 @@ def model_from_checkpoint(ckpt: dict, path: str = "checkpoint"):
         raise utils.CheckpointError(f"{path}: its config does not describe a model this code can build "
                                     f"({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
     try:
-        net.load_state_dict(ckpt["model"])
+        missing = net.load_state_dict(ckpt["model"], strict=False).missing_keys
+        unexpected = [k for k in ckpt["model"] if k not in net.state_dict()]
+        if unexpected or any(not k.startswith("visible.") for k in missing):
+            net.load_state_dict(ckpt["model"])  # raises with torch's own list of what differs
     except RuntimeError as err:
         raise utils.CheckpointError(f"{path}: weights do not match the architecture it describes "
                                     f"({str(err).splitlines()[0][:160]})") from None

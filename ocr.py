@@ -411,19 +411,42 @@ def digit_reads(reads, max_digits: int = 2) -> dict[int, float]:
     return votes
 
 
+@functools.lru_cache(maxsize=None)
+def shipped_recognizer(name: str = "ppocr_v4") -> ShippedRecognizer:
+    """One session per process and recognizer."""
+    return ShippedRecognizer(name)
+
+
+def _recognizer_input(lines: np.ndarray) -> np.ndarray:
+    """uint8 [B, V, 48, W, 3] -> float32 [B * V, 3, 48, W] in [-1, 1], as the recognizer was trained."""
+    return lines.reshape(-1, *lines.shape[2:]).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
+
+
+def legibility(lines: np.ndarray, name: str = "ppocr_v4", batch: int = 64, desc: str = "") -> np.ndarray:
+    """uint8 [N, V, 48, W, 3] (V text lines of each of N frames) -> float32 [N]: the shipped recognizer's best
+    confidence in a jersey-number read (digit_reads) among a frame's lines; 0 where none reads one. A cheap
+    legibility score for picking the frames of a long tracklet worth reading."""
+    rec, V = shipped_recognizer(name), lines.shape[1]
+    out = np.zeros(len(lines), dtype=np.float32)
+    for i in tqdm(range(0, len(lines), batch), desc=desc, leave=False, disable=not desc, dynamic_ncols=True):
+        reads = rec.read(_recognizer_input(lines[i:i + batch]))
+        for k in range(len(reads) // V):
+            out[i + k] = max(max(digit_reads([r]).values(), default=0.0) for r in reads[k * V:(k + 1) * V])
+    return out
+
+
 class ZeroShot:
     """The zero-shot baseline: the recognizer as shipped (onnxruntime, full charset, greedy CTC) reads every view
     of a tracklet, and the views vote with their confidence. No training at all."""
 
-    def __init__(self, name: str = "ppocr_v4", threads: int = 0):
-        self.rec = ShippedRecognizer(name, threads)
+    def __init__(self, name: str = "ppocr_v4"):
+        self.rec = shipped_recognizer(name)
 
     def __call__(self, lines: np.ndarray) -> tuple[list[int], list[float], list[dict]]:
         """uint8 [B, V, 48, W, 3] (V views per tracklet) -> numbers (-1: no view read a number), the winner's
         share of the votes, and the votes."""
         B, V = lines.shape[:2]
-        x = lines.reshape(B * V, *lines.shape[2:]).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
-        reads = self.rec.read(x)
+        reads = self.rec.read(_recognizer_input(lines))
         numbers, conf, all_votes = [], [], []
         for b in range(B):
             votes = digit_reads(reads[b * V:(b + 1) * V])

@@ -62,6 +62,7 @@ import utils
 
 log = utils.log
 OUT_EXTS = (".json", ".csv")
+FORMATS = ("", "soccernet")
 CHOICE_FLAGS = {"quantize"}  # flags whose value is optional: true/false/auto, never an INPUT
 CHOICE_WORDS = config.TRUE_WORDS + config.FALSE_WORDS + ("auto",)
 
@@ -121,9 +122,12 @@ def _walk(root: str) -> tuple[list[dataset.Sample], Counter]:
 
 
 def find_tracklets(path: str) -> tuple[list[dataset.Sample], Counter]:
-    """The tracklets of one INPUT; number is the true label when the layout says it, else None."""
+    """The tracklets of one INPUT; number is the true label when the layout says it, else None. One image file
+    is a tracklet of one frame."""
+    if os.path.isfile(path) and path.lower().endswith(config.IMG_EXTS):
+        return [_tracklet(path, [path])], Counter()
     if not os.path.isdir(path):
-        raise config.ConfigError(f"input {path!r} is not a folder")
+        raise config.ConfigError(f"input {path!r} is neither a folder nor an image ({', '.join(config.IMG_EXTS)})")
     if dataset.is_soccernet(path):
         try:
             return dataset.crawl_soccernet(path)
@@ -143,7 +147,8 @@ def find_tracklets(path: str) -> tuple[list[dataset.Sample], Counter]:
 
 def load_inputs(paths: list[str], cfg):
     """Samples of all INPUTs, cut to the frames that will be read, decoded once, unreadable frames dropped and
-    counted (an unreadable chosen frame leaves the tracklet read from its other chosen frames)."""
+    counted (an unreadable chosen frame leaves the tracklet read from its other chosen frames); with
+    --eval_sampling=legible the candidate frames' legibility too (else None)."""
     samples, skipped = [], Counter()
     for p in paths:
         s, k = find_tracklets(p)
@@ -151,17 +156,19 @@ def load_inputs(paths: list[str], cfg):
         skipped.update(k)
     if not samples:
         raise config.ConfigError(f"no tracklet with images under {', '.join(map(repr, paths))}")
-    samples, store = decode_picked(samples, cfg, skipped)
+    scores = dataset.frame_legibility(samples, cfg, workers=cfg.num_workers) if cfg.eval_sampling == "legible" \
+        else None
+    samples, store = decode_picked(samples, cfg, skipped, scores)
     if not samples:
         raise config.ConfigError("no readable image in any tracklet")
     dataset.report_skips(skipped)
-    return samples, store, skipped
+    return samples, store, skipped, scores
 
 
-def decode_picked(samples, cfg, skipped: Counter):
+def decode_picked(samples, cfg, skipped: Counter, scores=None):
     """Samples cut to the frames that will be read, those decoded (no cache: new footage), unreadable ones
     dropped and counted in `skipped`; returns (samples, store)."""
-    samples = dataset.keep_frames(samples, pick_frames(samples, cfg))
+    samples = dataset.keep_frames(samples, pick_frames(samples, cfg, scores))
     store = dataset.FrameStore.of(samples, cfg, "", cfg.num_workers)
     return store.drop_unreadable(samples, skipped), store
 
@@ -180,9 +187,9 @@ class Picked(Dataset):
         return torch.from_numpy(self.store.get([s.frames[j] for j in self.picks[i]])), 0, 0, 0, i
 
 
-def pick_frames(samples, cfg) -> list[list[int]]:
+def pick_frames(samples, cfg, scores=None) -> list[list[int]]:
     """The evaluation frame choice (dataset.TrackletDataset.frame_indices), seeded, so runs repeat."""
-    chooser = dataset.TrackletDataset(samples, None, cfg.seq_len, cfg.eval_sampling, cfg.eval_anchor)
+    chooser = dataset.TrackletDataset(samples, None, cfg.seq_len, cfg.eval_sampling, cfg.eval_anchor, scores=scores)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         return [chooser.frame_indices(i) for i in range(len(samples))]
@@ -196,15 +203,16 @@ def run(net, samples, store, picks, cfg, device, dtype, desc="predict") -> dict:
     return engine.predict_loader(net, loader, device, dtype, cfg, desc=desc)
 
 
-def rows(res, samples, picks, threshold: float) -> list[dict]:
-    """One JSON-ready record per tracklet, in input order."""
+def rows(res, samples, picks, threshold: float, not_visible: float = 0.0) -> list[dict]:
+    """One JSON-ready record per tracklet, in input order; -1 where P(visible) < `not_visible`."""
     top_p, top_n = res["p_num"].topk(3, dim=1)
     number, confidence = decoding.answers(res)
+    number = decoding.with_not_visible(number, res["p_visible"], not_visible)
     out = []
     for k, i in enumerate(res["index"].tolist()):
         s, conf = samples[i], float(confidence[k])
         row = {"tracklet": s.path, "prediction": int(number[k]), "confidence": round(conf, 4),
-               "uncertain": conf < threshold,
+               "uncertain": conf < threshold, "p_visible": round(float(res["p_visible"][k]), 4),
                "top3": [{"number": int(n), "probability": round(float(p), 4)} for n, p in zip(top_n[k], top_p[k])],
                "tens_probs": {**{str(d): round(float(res["p_tens"][k, d]), 4) for d in range(10)},
                               "empty": round(float(res["p_tens"][k, config.EMPTY]), 4)},
@@ -225,27 +233,33 @@ def view_names(sample, picks, n_views: int) -> list[str]:
 
 
 def summary(preds: list[dict]) -> dict:
-    """Counts, and accuracy where true numbers are known (not-visible -1: right when flagged uncertain)."""
+    """Counts, and where true numbers are known the accuracy with SoccerNet's -1 counted as an answer (right only
+    on a -1 tracklet), and how the -1 answers fare."""
     out = {"num_tracklets": len(preds), "uncertain": sum(p["uncertain"] for p in preds)}
-    seen = [p for p in preds if p.get("true", dataset.NOT_VISIBLE) != dataset.NOT_VISIBLE]
-    if seen:
-        right = sum(p["prediction"] == p["true"] for p in seen)
-        sure = [p for p in seen if not p["uncertain"]]
-        out.update(labelled=len(seen), correct=right, accuracy=round(100.0 * right / len(seen), 2),
-                   accuracy_when_certain=round(100.0 * sum(p["prediction"] == p["true"] for p in sure) / len(sure), 2)
-                   if sure else None)
-    hidden = [p for p in preds if p.get("true") == dataset.NOT_VISIBLE]
-    if hidden:
-        flagged = sum(p["uncertain"] for p in hidden)
-        out["not_visible"] = {"total": len(hidden), "abstained": flagged,
-                              "accuracy": round(100.0 * flagged / len(hidden), 2)}
+    labelled = [p for p in preds if "true" in p]
+    if labelled:
+        right = [p["prediction"] == p["true"] for p in labelled]
+        sure = [r for p, r in zip(labelled, right) if not p["uncertain"]]
+        out.update(labelled=len(labelled), correct=sum(right), accuracy=round(100.0 * sum(right) / len(right), 2),
+                   accuracy_when_certain=round(100.0 * sum(sure) / len(sure), 2) if sure else None)
+    if any(p.get("true") == dataset.NOT_VISIBLE or p["prediction"] == dataset.NOT_VISIBLE for p in preds):
+        out["not_visible"] = decoding.not_visible_metrics(
+            torch.tensor([p["prediction"] for p in labelled]), torch.tensor([p["true"] for p in labelled])) \
+            if labelled else {"answered": sum(p["prediction"] < 0 for p in preds)}
     return out
 
 
-def check_out(path: str) -> None:
+def soccernet_format(preds: list[dict]) -> dict:
+    """The challenge's submission: tracklet folder name -> number, or -1 where none is visible."""
+    return {os.path.basename(os.path.normpath(p["tracklet"])): p["prediction"] for p in preds}
+
+
+def check_out(path: str, fmt: str = "") -> None:
     """Fail before any reading or inference when --out has an unknown format or cannot be written."""
-    if not path.lower().endswith(OUT_EXTS):
-        raise config.ConfigError(f"--out {path!r}: the file name must end in .json or .csv")
+    if fmt not in FORMATS:
+        raise config.ConfigError(f"--format must be one of {', '.join(FORMATS)} (or left out), got {fmt!r}")
+    if not path.lower().endswith(".json" if fmt else OUT_EXTS):
+        raise config.ConfigError(f"--out {path!r}: the file name must end in " + (".json" if fmt else ".json or .csv"))
     folder = os.path.dirname(os.path.abspath(path))
     try:
         if os.path.isdir(path):
@@ -259,8 +273,10 @@ def check_out(path: str) -> None:
         raise config.ConfigError(f"--out {path!r} cannot be written ({err.strerror})") from None
 
 
-def write(preds: list[dict], meta: dict, path: str) -> None:
-    if path.lower().endswith(".csv"):
+def write(preds: list[dict], meta: dict, path: str, fmt: str = "") -> None:
+    if fmt == "soccernet":
+        utils.atomic_save(soccernet_format(preds), path)
+    elif path.lower().endswith(".csv"):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
@@ -405,9 +421,9 @@ def zero_shot(opts, inputs):
     out = extra["out"] or os.path.join(cfg.results_dir, "predictions.json")
     if out.lower().endswith(".csv"):
         raise config.ConfigError("--zero_shot writes JSON (its rows hold no digit probabilities for the CSV)")
-    check_out(out)
-    samples, store, skipped = load_inputs(inputs, cfg)
-    picks = pick_frames(samples, cfg)
+    check_out(out, extra["format"])
+    samples, store, skipped, scores = load_inputs(inputs, cfg)
+    picks = pick_frames(samples, cfg, scores)
     reader = ocr.ZeroShot(cfg.backbone)
     preds = []
     for batch in DataLoader(Picked(samples, store, picks), batch_size=cfg.batch_size, collate_fn=dataset.collate):
@@ -419,9 +435,26 @@ def zero_shot(opts, inputs):
                           **({"true": s.number} if s.number is not None else {})})
     meta = {"zero_shot": cfg.backbone, "package": config.RECOGNIZERS[cfg.backbone][3], "skipped": dict(skipped),
             "uncertain_below": 0.0, **summary(preds)}
-    utils.atomic_save({**meta, "predictions": preds}, out)
+    write(preds, meta, out, extra["format"])
     report(preds, meta, out)
     return preds, meta
+
+
+def checked_options(cfg, extra, net, inputs) -> str:
+    """One clear error for options that do not go together; returns --quantize as true, false or auto."""
+    choice = quantize_choice(extra["quantize"])
+    if isinstance(net, model_lib.Ensemble):  # INT8 ranges and the ONNX graph belong to one checkpoint
+        if extra["export_onnx"] or choice == "true":
+            raise config.ConfigError("--export_onnx and --quantize=true read one checkpoint, not an ensemble")
+        choice = "false"
+    if net_is_text(net) and (extra["export_onnx"] or choice == "true"):
+        raise config.ConfigError("--export_onnx and --quantize cover the from-scratch readers; a text reader's frozen "
+                                 "trunk already runs in onnxruntime on a CPU")
+    if extra["export_onnx"] and inputs:
+        raise config.ConfigError(f"--export_onnx takes no INPUT (got {inputs}); predict in a separate run")
+    if not extra["export_onnx"] and not inputs:
+        raise config.ConfigError("no INPUT given: python predict.py --checkpoint CKPT FOLDER [FOLDER ...]")
+    return choice
 
 
 def main(argv=None):
@@ -433,32 +466,30 @@ def main(argv=None):
     cfg, extra, ckpt, net = evaluate.load_for_eval(opts, EXTRAS)
     utils.setup_logging()
     cfg.max_steps = 0  # a smoke-test checkpoint's step limit must not drop tracklets here
-    extra["quantize"] = quantize_choice(extra["quantize"])
-    if isinstance(net, model_lib.Ensemble):  # INT8 ranges and the ONNX graph belong to one checkpoint
-        if extra["export_onnx"] or extra["quantize"] == "true":
-            raise config.ConfigError("--export_onnx and --quantize=true read one checkpoint, not an ensemble")
-        extra["quantize"] = "false"
-    if net_is_text(net) and (extra["export_onnx"] or extra["quantize"] == "true"):
-        raise config.ConfigError("--export_onnx and --quantize cover the from-scratch readers; a text reader's frozen "
-                                 "trunk already runs in onnxruntime on a CPU")
+    extra["quantize"] = checked_options(cfg, extra, net, inputs)
     if extra["export_onnx"]:
-        if inputs:
-            raise config.ConfigError(f"--export_onnx takes no INPUT (got {inputs}); predict in a separate run")
         return export(net, cfg, extra["export_onnx"], extra["quantize"] == "true")
-    if not inputs:
-        raise config.ConfigError("no INPUT given: python predict.py --checkpoint CKPT FOLDER [FOLDER ...]")
     out = extra["out"] or os.path.join(cfg.results_dir, "predictions.json")
-    check_out(out)
+    check_out(out, extra["format"])
+    preds, meta = predict(net, ckpt, cfg, extra, inputs)
+    write(preds, meta, out, extra["format"])
+    report(preds, meta, out)
+    return preds, meta
+
+
+def predict(net, ckpt, cfg, extra, inputs) -> tuple[list[dict], dict]:
+    """The records of every tracklet of `inputs` and a summary (INT8 or float, as --quantize says)."""
     threshold = utils.uncertain_threshold(ckpt, extra["uncertain_below"])
+    not_visible = float(ckpt.get("not_visible_threshold", 0.0))
     device = utils.device_of(cfg)
     int8 = wants_int8(extra["quantize"], ckpt, device)
     device = torch.device("cpu") if int8 else device  # quantized kernels are CPU ones
     dtype = utils.amp_dtype(device, cfg.amp)
-    samples, store, skipped = load_inputs(inputs, cfg)
-    picks = pick_frames(samples, cfg)
+    samples, store, skipped, scores = load_inputs(inputs, cfg)
+    picks = pick_frames(samples, cfg, scores)
     net.to(device).eval()
-    meta = {"checkpoint": extra["checkpoint"], "uncertain_below": threshold, "skipped": dict(skipped),
-            "int8_trunk": int8}
+    meta = {"checkpoint": extra["checkpoint"], "uncertain_below": threshold, "not_visible_below": not_visible,
+            "skipped": dict(skipped), "int8_trunk": int8}
     if int8:
         q_net, ranges_from = evaluate.quantized(net, samples, store, picks, ckpt.get("int8_ranges"))
         log.info("trunk in INT8 (activation ranges from the %s; --quantize=false for the float model)", ranges_from)
@@ -468,16 +499,14 @@ def main(argv=None):
         if labelled and extra["quantize"] == "true":  # asked for: what INT8 costs, on these very tracklets
             res_float = run(model_lib.fused_for_inference(net), samples, store, picks, cfg, device, dtype,
                             desc="predict float (for comparison)")
-            float_summary = summary(rows(res_float, samples, picks, threshold))
+            float_summary = summary(rows(res_float, samples, picks, threshold, not_visible))
             meta["quantization"].update(compare(res_float, res), float_accuracy=float_summary.get("accuracy"))
     else:
         res = run(model_lib.fused_for_inference(net), samples, store, picks, cfg, device, dtype)
-    preds = rows(res, samples, picks, threshold)
+    preds = rows(res, samples, picks, threshold, not_visible)
     meta.update(summary(preds))
     if "float_accuracy" in meta.get("quantization", {}):
         meta["quantization"]["int8_accuracy"] = meta.get("accuracy")
-    write(preds, meta, out)
-    report(preds, meta, out)
     return preds, meta
 
 
@@ -492,9 +521,10 @@ def report(preds, meta, out):
     if "accuracy" in meta:
         log.info("accuracy %.2f%% on %d labelled tracklets (%s when not uncertain)", meta["accuracy"],
                  meta["labelled"], "n/a" if meta["accuracy_when_certain"] is None else f"{meta['accuracy_when_certain']}%")
-    if "not_visible" in meta:
-        log.info("not visible (-1): %d of %d flagged uncertain", meta["not_visible"]["abstained"],
-                 meta["not_visible"]["total"])
+    if meta.get("not_visible", {}).get("tracklets") is not None:
+        nv = meta["not_visible"]
+        log.info("not visible (-1): %d tracklets, %d answered -1: precision %s%%, recall %s%%", nv["tracklets"],
+                 nv["answered"], nv["precision"], nv["recall"])
     if "quantization" in meta:
         log.info("INT8: %s", ", ".join(f"{k} {v}" for k, v in meta["quantization"].items()))
     log.info("wrote %s", out)

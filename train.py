@@ -52,11 +52,14 @@ def init_distributed(cfg) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def make_loaders(cfg, train_samples, val_samples, store, device, rank=0, world=1):
+def make_loaders(cfg, train_samples, val_samples, store, device, rank=0, world=1, scores=None):
+    """Training and validation loaders; `scores` (frame legibility) for the 'legible' sampling strategy."""
     kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=dataset.collate,
               pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
-    train_ds = dataset.TrackletDataset(train_samples, store, cfg.seq_len, cfg.train_sampling, cfg.use_anchor)
-    val_ds = dataset.TrackletDataset(val_samples, store, cfg.seq_len, cfg.eval_sampling, cfg.use_anchor)
+    train_ds = dataset.TrackletDataset(train_samples, store, cfg.seq_len, cfg.train_sampling, cfg.use_anchor,
+                                       scores=scores, explore=True)
+    val_ds = dataset.TrackletDataset(val_samples, store, cfg.seq_len, cfg.eval_sampling, cfg.use_anchor,
+                                     scores=scores)
     drop = len(train_ds) > cfg.batch_size * world  # a batch of one breaks BatchNorm in the heads
     if world > 1:  # every rank shuffles with the same seed and takes its own disjoint share
         train = DataLoader(train_ds, sampler=DistributedSampler(train_ds, world, rank, shuffle=True, seed=cfg.seed,
@@ -245,15 +248,23 @@ def resume(path, model, optimizer, scheduler, scaler):
 
 
 def load_data(cfg, rank):
-    """Rank 0 generates/decodes first; the others then read its cache instead of racing to write it."""
+    """Samples, frames (or cached trunk maps), skip counts and frame legibility (None unless a sampling strategy
+    is 'legible'). train_classes=all becomes the numbers found, -1 included, so the checkpoint names them.
+    Rank 0 generates/decodes first; the others then read its cache instead of racing to write it."""
     if rank > 0:
         dist.barrier()
     samples, store, skipped = dataset.load_samples(cfg, cfg.train_classes)
+    cfg.train_classes = cfg.train_classes or sorted({s.number for s in samples})
+    scores = None
+    if "legible" in (cfg.train_sampling, cfg.eval_sampling):
+        scores = dataset.frame_legibility(samples, cfg, cfg.cache_dir)
+        log.info("frame legibility: the text recognizer reads a number in %d of %d frames", sum(v > 0 for v in
+                 scores.values()), len(scores))
     if cfg.is_ocr() and cfg.finetune != "all":  # a frozen trunk's maps are computed once, not every epoch
         store = ocr.MapStore(store, cfg.backbone, cfg.cache_dir)
     if rank == 0 and distributed():
         dist.barrier()
-    return samples, store, skipped
+    return samples, store, skipped, scores
 
 
 def log_digit_coverage(cfg) -> None:
@@ -299,12 +310,13 @@ def main(argv=None):
     dtype = utils.amp_dtype(device, cfg.amp)
     log.info("device %s x %d process(es), autocast %s, method %s", device, world, dtype or "off (float32)", cfg.method)
 
-    samples, store, skipped = load_data(cfg, rank)
+    samples, store, skipped, scores = load_data(cfg, rank)
     train_samples, val_samples = dataset.train_val(samples, cfg)
     log.info("%d training / %d validation sub-tracklets of numbers %s", len(train_samples), len(val_samples),
              cfg.train_classes)
-    log_digit_coverage(cfg)
-    train_loader, val_loader = make_loaders(cfg, train_samples, val_samples, store, device, rank, world)
+    if not config.is_soccernet(cfg.data_root):  # a SoccerNet split is scored whole, not by test_classes
+        log_digit_coverage(cfg)
+    train_loader, val_loader = make_loaders(cfg, train_samples, val_samples, store, device, rank, world, scores)
 
     model = build_model(cfg, device, rank)
     criterion = engine.Criterion(cfg, [s.number for s in train_samples], device)
@@ -326,9 +338,10 @@ def main(argv=None):
             add_graph(writer, model, engine.prepare_batch(next(iter(val_loader)), device, train=False)[0])
     # 256 frames for the INT8 ranges, fixed once (the text trunk is not quantized by torch.ao)
     calibration = None if cfg.is_ocr() else dataset.calibration_frames(train_samples, store)
-    counts = np.bincount([s.number for s in train_samples], minlength=100)
+    counts = np.bincount([s.number for s in train_samples if s.number >= 0], minlength=100)
     best_threshold = None
     extras = {"skipped": dict(skipped), "train_counts": {int(n): int(c) for n, c in enumerate(counts) if c},
+              "train_not_visible": sum(s.number < 0 for s in train_samples),
               "world_size": world}
     try:
         for epoch in range(start, cfg.epochs):
@@ -352,6 +365,7 @@ def main(argv=None):
                      epoch + 1, cfg.epochs, tr["loss"], res["loss"], m["acc"], m["tens_acc"], m["units_acc"],
                      row["seconds"], "  *best*" if improved else "")
             extras["uncertain_threshold"] = decoding.uncertain_threshold(res)
+            extras["not_visible_threshold"] = decoding.tune_not_visible(res)
             if improved:
                 best_threshold = extras["uncertain_threshold"]
             if rank == 0:

@@ -7,7 +7,8 @@ KEYS = ("train_model_bound_seq_per_s", "train_end_to_end_seq_per_s", "pipeline_s
         "train_reference_seq_per_s", "infer_reference_seq_per_s", "infer_decode_seq_per_s",
         "infer_end_to_end_float_seq_per_s", "infer_model_bound_float_seq_per_s", "latency_ms_batch1_float",
         "int8_build_s", "reader_infer_end_to_end_seq_per_s", "zero_shot_end_to_end_seq_per_s",
-        "reader_train_on_maps_seq_per_s", "reader_latency_ms_batch1", "reader_params_m", "reader_trainable_m")
+        "reader_train_on_maps_seq_per_s", "reader_latency_ms_batch1", "reader_params_m", "reader_trainable_m",
+        "long_legible_seq_per_s", "long_uniform_seq_per_s", "long_tracklets", "long_mean_frames")
 
 
 def test_bench_writes_every_key(tmp_path):
@@ -24,6 +25,7 @@ def test_bench_writes_every_key(tmp_path):
                                     "infer_end_to_end_float_vs_reference", "reader_vs_zero_shot"}
     assert saved["infer_path"] == "int8"  # predict.py's default on this CPU: the INT8 trunk (float beside it)
     assert saved["torch"] and saved["threads"] >= 1
+    assert 30 <= saved["long_mean_frames"] <= 400 and saved["long_candidates"] == 32  # long tracklets, 32 scored
     assert (tmp_path / "synth_samples.png").stat().st_size > 1000  # generated data comes with a contact sheet
 
 

@@ -106,7 +106,7 @@ def test_zero_shot_vote_counts_only_jersey_numbers():
     votes = ocr.digit_reads([("48", 0.9), ("4B", 0.8), ("048", 0.9), ("07", 0.9), ("48", 0.5), ("8", 0.3), ("", 0),
                              ("④", 0.9), ("４８", 0.9)])  # a circled and full-width digits are not jersey numbers
     assert votes == pytest.approx({48: 1.4, 8: 0.3})
-    zs = ocr.ZeroShot("ppocr_v4", threads=1)
+    zs = ocr.ZeroShot("ppocr_v4")
     lines = np.stack([np.stack([line_of("64"), line_of("64"), line_of("A")]),
                       np.stack([line_of("B"), line_of("-"), line_of("")])])
     numbers, conf, _ = zs(lines)

@@ -144,12 +144,11 @@ def test_uncertain_flag_uses_the_checkpoint_threshold(setup, predicted):
     preds = predicted["predictions"]
     assert all(p["uncertain"] == (p["confidence"] < THRESHOLD) for p in preds)
     assert predicted["uncertain"] == sum(p["uncertain"] for p in preds)
-    hidden = [p for p in preds if p.get("true") == -1]
-    assert predicted["not_visible"] == {"total": 1, "abstained": int(hidden[0]["uncertain"]),
-                                        "accuracy": 100.0 * hidden[0]["uncertain"]}
-    labelled = [p for p in preds if p.get("true", -1) != -1]
-    assert predicted["labelled"] == len(labelled) == 11
-    assert predicted["accuracy"] == round(100 * sum(p["prediction"] == p["true"] for p in labelled) / 11, 2)
+    # this checkpoint stores no not-visible threshold: it never answers -1, so its -1 tracklet is a miss
+    assert predicted["not_visible"] == {"tracklets": 1, "answered": 0, "precision": None, "recall": 0.0}
+    labelled = [p for p in preds if "true" in p]
+    assert predicted["labelled"] == len(labelled) == 12
+    assert predicted["accuracy"] == round(100 * sum(p["prediction"] == p["true"] for p in labelled) / 12, 2)
     for value, flagged in (("1", 3), ("0", 0)):
         _, meta = predict.main(["--checkpoint", ckpt, inputs["soccernet"], f"--uncertain_below={value}",
                                 "--out", str(tmp / f"u{value}.json")])
@@ -293,7 +292,7 @@ def test_clear_errors(setup, tmp_path):
         predict.main(["--checkpoint", str(tmp_path / "future.pth"), inputs["one"]])
     with pytest.raises(SystemExit, match="no INPUT"):
         predict.main(["--checkpoint", ckpt])
-    with pytest.raises(SystemExit, match="is not a folder"):
+    with pytest.raises(SystemExit, match="is neither a folder nor an image"):
         predict.main(["--checkpoint", ckpt, str(tmp_path / "missing")])
     (tmp_path / "blank" / "x").mkdir(parents=True)
     with pytest.raises(SystemExit, match="no tracklet with images"):

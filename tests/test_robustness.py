@@ -106,7 +106,7 @@ def test_evaluation_runs_to_the_end_and_writes_the_gallery(fuzz, capsys):
     assert saved["skipped"] == TEST_SKIPS and sorted(logged_skips(printed)) == sorted((n, r) for r, n in TEST_SKIPS.items())
     assert saved["num_tracklets"] == len(saved["predictions"]) == 2  # both 48 tracklets, the broken frame dropped
     assert res["uncertain"]["threshold"] == utils.load_checkpoint(f"{out['ckpt']}/best_model.pth")["uncertain_threshold"]
-    assert "not_visible" not in saved  # only the SoccerNet layout has -1 tracklets
+    assert saved["not_visible"]["tracklets"] == saved["not_visible"]["answered"] == 0  # no -1 in this layout
     with Image.open(Path(out["results"], "worst_mistakes.png")) as im:
         assert im.width > 100 and im.height > 100
 
@@ -170,17 +170,19 @@ def test_soccernet_through_load_samples(soccernet, tmp_path):
         dataset.load_samples(cfg, [48])
 
 
-def test_soccernet_evaluation_scores_not_visible_as_abstentions(fuzz, soccernet):
+def test_soccernet_evaluation_scores_the_whole_split_with_not_visible_as_an_answer(fuzz, soccernet):
     tmp, out, _, _ = fuzz
-    common = [f"--checkpoint={out['ckpt']}/best_model.pth", f"--data_root={soccernet}", "--test_classes=48",
+    common = [f"--checkpoint={out['ckpt']}/best_model.pth", f"--data_root={soccernet}",
               f"--results_dir={out['results']}", f"--cache_dir={out['cache']}"]
-    res = evaluate.main(common + [f"--out={tmp / 'sn.json'}", "--uncertain_below=1"])
-    assert res["num_tracklets"] == 2 and res["skipped"]["number not visible (-1)"] == 2
-    assert res["not_visible"] == {"total": 2, "abstained": 2, "accuracy": 100.0, "threshold": 1.0, "skipped": {}}
-    assert res["uncertain"] == {"threshold": 1.0, "flagged": 2}
-    cfg, _, _, net = evaluate.load_for_eval(common, {})
-    nv = evaluate.score_not_visible(net.eval(), cfg, torch.device("cpu"), None, threshold=0.0)
-    assert nv["total"] == 2 and nv["abstained"] == 0 and nv["accuracy"] == 0.0
+    res = evaluate.main(common + [f"--out={tmp / 'sn.json'}"])  # no flags: every tracklet of the split, -1 included
+    assert res["num_tracklets"] == 6 and res["numbers"] == [-1, 4, 48, 49] and "number not visible (-1)" not in \
+        res["skipped"]
+    # this checkpoint saw no -1 tracklet in training, so it never answers -1: every -1 tracklet is a miss
+    assert res["not_visible"] == {"threshold": 0.0, "tracklets": 2, "answered": 0, "precision": None, "recall": 0.0}
+    assert res["per_number"]["-1"] == {"total": 2, "correct": 0, "accuracy": 0.0}
+    only = evaluate.main(common + ["--test_classes=48", f"--out={tmp / 'sn48.json'}"])  # what the user names
+    assert only["num_tracklets"] == 2 and only["skipped"]["number not visible (-1)"] == 2
+    assert only["not_visible"]["tracklets"] == 0
 
 
 # ---- user errors: one line, no traceback -----------------------------------------------------------------
