@@ -168,6 +168,7 @@ def zero_shot_main(argv) -> dict:
     results = {
         "accuracy": round(100.0 * (pred == true).float().mean().item(), 2), "rule": "zero_shot_vote",
         "per_number": decoding.per_number(true, pred), "no_answer": int((pred < 0).sum()), "skipped": dict(skipped),
+        "not_visible": decoding.not_visible_metrics(pred, true),
         "split": extra["split"], "anchor_frames_used": anchor, "numbers": sorted(set(true.tolist())),
         "num_tracklets": len(samples),
         "zero_shot": {"recognizer": cfg.backbone, "package": config.RECOGNIZERS[cfg.backbone][3],

@@ -14,6 +14,7 @@ import evaluate
 import predict
 import synth
 import train
+from experiments import legibility
 
 FONT = str(synth.FONT_DIR / "DejaVuSans-Bold.ttf")
 
@@ -164,3 +165,20 @@ def test_one_image_is_a_tracklet(soccernet_run):
     assert len(preds) == 1 and preds[0]["frames"] == ["0001.jpg"] * 3 and meta["num_tracklets"] == 1
     with pytest.raises(SystemExit, match="neither a folder nor an image"):
         predict.main(["--checkpoint", ckpt, str(tmp / "notes.txt")])
+
+
+def test_legibility_experiment_measures_the_picks_against_the_renderers_truth(tmp_path):
+    """experiments/legibility.py: the share of picked frames that show the number, legible against uniform."""
+    split = tmp_path / "test"
+    folder = split / "images" / "0"
+    folder.mkdir(parents=True)
+    shown = {2, 7, 10}
+    for i in range(12):
+        shirt(folder / f"{i:04d}.jpg", "27" if i in shown else "", seed=i)
+    (split / "test_gt.json").write_text(json.dumps({"0": 27}))
+    (split / "test_legible.json").write_text(json.dumps({"0": [int(i in shown) for i in range(12)]}))
+    out = legibility.main([f"--data_root={split}", "--seq_len=3", "--crop=0,0,1,1", f"--cache_dir={tmp_path}"])
+    assert out["candidates_showing_the_number"] == 25.0 and out["legible_picks_showing_the_number"] == 100.0
+    assert out["uniform_picks_showing_the_number"] < 100.0
+    with pytest.raises(SystemExit, match="synth.py --long"):
+        legibility.main([f"--data_root={tmp_path}"])
