@@ -48,7 +48,11 @@ class Criterion:
 
     def __call__(self, out, tens, units, number):
         seen = number >= 0
-        loss = self.digits(out, tens, units, number, seen) if bool(seen.any()) else out["attention"].sum() * 0
+        # every output in the graph, each step: DistributedDataParallel stops on parameters without a gradient
+        loss = sum(torch.nan_to_num(v.float(), posinf=0.0, neginf=0.0).sum() for v in out.values()
+                   if v.is_floating_point()) * 0
+        if bool(seen.any()):
+            loss = loss + self.digits(out, tens, units, number, seen)
         if self.learn_visible:
             loss = loss + F.binary_cross_entropy_with_logits(out["visible"].float(), seen.float())
         return loss

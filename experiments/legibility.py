@@ -2,7 +2,9 @@
 (whose <split>_legible.json says, per frame, whether the number can be read by construction; real data has no
 such file, so this is a measurement of the embedded data only).
 
-    python -m experiments.legibility --data_root=data/synthetic_long/test [--seq_len=5]
+    python -m experiments.legibility --data_root=data/synthetic_long/test [--seq_len=5] [--bands_scored=1]
+
+--bands_scored: how many text-line bands of each frame the recognizer reads for its score (the product: 3).
 """
 import json
 import os
@@ -31,7 +33,7 @@ def legible_share(samples, truth: dict, picks: list[list[int]]) -> float:
 
 
 def main(argv=None):
-    cfg, _ = config.load(sys.argv[1:] if argv is None else argv)
+    cfg, extra = config.load(sys.argv[1:] if argv is None else argv, extras={"bands_scored": 3})
     utils.setup_logging()
     root = cfg.data_root
     sidecar = os.path.join(root, f"{os.path.basename(os.path.normpath(root))}_legible.json")
@@ -40,8 +42,13 @@ def main(argv=None):
     with open(sidecar) as f:
         truth = json.load(f)
     samples, _ = dataset.crawl(root)
-    scores = dataset.frame_legibility(samples, cfg, cfg.cache_dir)
-    out = {"tracklets": len(samples), "seq_len": cfg.seq_len,
+    product = dict(dataset.LEGIBILITY_VIEWS)
+    dataset.LEGIBILITY_VIEWS["bands"] = extra["bands_scored"]
+    try:
+        scores = dataset.frame_legibility(samples, cfg, cfg.cache_dir)
+    finally:
+        dataset.LEGIBILITY_VIEWS.update(product)
+    out = {"tracklets": len(samples), "seq_len": cfg.seq_len, "bands_scored": extra["bands_scored"],
            "candidates_showing_the_number": legible_share(samples, truth, [range(len(s.frames)) for s in samples])}
     for strategy in ("uniform", "legible"):
         ds = dataset.TrackletDataset(samples, None, cfg.seq_len, strategy, use_anchor=False, scores=scores)
