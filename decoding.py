@@ -182,6 +182,16 @@ def digit_metrics(res) -> dict:
             "units_acc": pct(pred_u == true_u), "both_acc": pct((pred_t == true_t) & (pred_u == true_u))}
 
 
+def validation_metrics(res) -> tuple[dict, float]:
+    """digit_metrics, plus where validation holds -1 tracklets `acc_all`: the accuracy with -1 counted as an
+    answer at the threshold tune_not_visible chooses (what SoccerNet scores, so what picks the checkpoint); and
+    that threshold."""
+    m, threshold = digit_metrics(res), tune_not_visible(res)
+    if bool((res["number"] < 0).any()):
+        m["acc_all"] = pct(with_not_visible(res["p_num"].argmax(1), res["p_visible"], threshold) == res["number"])
+    return m, threshold
+
+
 def uncertain_threshold(res, percentile: float = 5.0, fallback: float = 0.5) -> float:
     """Confidence below which predict.py flags a tracklet `uncertain`: the 5th percentile of the confidence of
     the correct validation answers, so 95% of the answers the model gets right stay unflagged. `fallback` if

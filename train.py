@@ -351,21 +351,23 @@ def main(argv=None):
             res = engine.predict_loader(model, val_loader, device, dtype, cfg, criterion, desc="validate")
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
-            m = decoding.digit_metrics(res)
+            m, not_visible = decoding.validation_metrics(res)
+            score = m.get("acc_all", m["acc"])  # with -1 tracklets in validation, -1 answers count too
             row = {"epoch": epoch + 1, "train_loss": tr["loss"], "val_loss": res["loss"], "lr": lr,
                    "skipped_steps": tr["skipped_steps"], "seconds": time.time() - t0,
                    **{f"val_{k}": v for k, v in m.items()}}
             history.append(row)
             if world > 1:  # which samples this rank trained on, so disjoint shares can be checked
                 utils.atomic_save(tr["indices"], os.path.join(cfg.log_dir, run_name, f"rank{rank}_samples.json"))
-            improved = m["acc"] > best_acc
-            best_acc = max(best_acc, m["acc"])
+            improved = score > best_acc
+            best_acc = max(best_acc, score)
             stopper = early_stopping(stopper, res["loss"], MIN_DELTA)
-            log.info("epoch %d/%d  train loss %.4f  val loss %.4f  val acc %.2f%% (tens %.2f, units %.2f)  %.0fs%s",
+            log.info("epoch %d/%d  train loss %.4f  val loss %.4f  val acc %.2f%% (tens %.2f, units %.2f%s)  %.0fs%s",
                      epoch + 1, cfg.epochs, tr["loss"], res["loss"], m["acc"], m["tens_acc"], m["units_acc"],
-                     row["seconds"], "  *best*" if improved else "")
+                     f"; -1 counted {m['acc_all']:.2f}" if "acc_all" in m else "", row["seconds"],
+                     "  *best*" if improved else "")
             extras["uncertain_threshold"] = decoding.uncertain_threshold(res)
-            extras["not_visible_threshold"] = decoding.tune_not_visible(res)
+            extras["not_visible_threshold"] = not_visible
             if improved:
                 best_threshold = extras["uncertain_threshold"]
             if rank == 0:
