@@ -56,7 +56,8 @@ def main(argv=None):
         picks = [sorted(set(ds.frame_indices(i))) for i in range(len(samples))]
         out[f"{strategy}_picks_showing_the_number"] = legible_share(samples, truth, picks)
     hidden = [max(scores[f] for f in s.frames) for s in samples if s.number < 0]
-    out["minus_one_tracklets_with_a_read"] = round(100.0 * float(np.mean([h > 0 for h in hidden])), 2)
+    out["minus_one_tracklets_with_a_read"] = round(100.0 * float(np.mean([h > 0 for h in hidden])), 2) if hidden \
+        else None
     utils.log.info(json.dumps(out, indent=2))
     return out
 
