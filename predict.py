@@ -4,9 +4,10 @@
     python predict.py --checkpoint checkpoints/best_model.pth --export_onnx model.onnx [--quantize]
     python predict.py --checkpoint=a.pth,b.pth INPUT    # an ensemble: the mean of their probabilities (float only)
     python predict.py --zero_shot INPUT [INPUT ...]     # no checkpoint: the text recognizer as shipped, views vote
+    python predict.py --checkpoint C SPLIT --format=soccernet --out preds.json   # {tracklet folder: number or -1}
 
-An INPUT is a tracklet folder of images, a folder of tracklet folders, a dataset root in the SPEC layout or a
-SoccerNet split folder (images/ + <split>_gt.json). With the last two the true numbers are known, so the output
+An INPUT is one image, a tracklet folder of images, a folder of tracklet folders, a dataset root in the SPEC
+layout or a SoccerNet split folder (images/ + <split>_gt.json). With the last two the true numbers are known, so the output
 also holds accuracy. The model and its preprocessing come from the checkpoint alone; frames are picked as in
 evaluation (seq_len frames, eval_sampling, anchor frames ignored unless --eval_anchor), short tracklets are
 padded by repeating their last frame, so one frame is enough, and long ones keep
