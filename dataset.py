@@ -586,11 +586,13 @@ def load_samples(cfg, numbers, root: str | None = None, workers: int = 0):
     return samples, store, skipped
 
 
-def frame_legibility(samples: list[Sample], cfg, cache_dir: str = "", workers: int = 0) -> dict:
+def frame_legibility(samples: list[Sample], cfg, cache_dir: str = "", workers: int = 0,
+                     bands: int = LEGIBILITY_VIEWS["bands"]) -> dict:
     """frame path -> how legible a jersey number is in it: the shipped text recognizer's best confidence in a
-    1-2 digit read over the frame's text-line bands (0: none reads a number). Cached by files and settings."""
-    store = FrameStore(samples, LINE_HEIGHT, LEGIBILITY_VIEWS["sharpen"], cache_dir, workers, crop=cfg.crop,
-                       views={k: v for k, v in LEGIBILITY_VIEWS.items() if k != "sharpen"})
+    1-2 digit read over `bands` text-line bands of the frame (0: none reads a number). Cached by files and
+    settings."""
+    views = {**LEGIBILITY_VIEWS, "bands": bands}
+    store = FrameStore(samples, LINE_HEIGHT, views.pop("sharpen"), cache_dir, workers, crop=cfg.crop, views=views)
     paths = sorted(store.index, key=store.index.get)
     cache = os.path.join(cache_dir, f"legibility_{store.fingerprint}.npy") if cache_dir else ""
     if cache and os.path.isfile(cache):

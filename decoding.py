@@ -223,8 +223,8 @@ def per_number(true_n, pred_n) -> dict:
     return out
 
 
-def score(res) -> tuple[dict, dict]:
-    """Every rule's metrics on predictions `res`, and every rule's decoding (decode_all)."""
-    decoded = decode_all(res["p_tens"], res["p_units"])
+def score(res, decoded: dict | None = None) -> tuple[dict, dict]:
+    """Every rule's metrics on predictions `res`, and every rule's decoding (decode_all, unless given)."""
+    decoded = decoded or decode_all(res["p_tens"], res["p_units"])
     base = decoded["argmax"][2]
     return {name: rule_metrics(*d, res, base) for name, d in decoded.items()}, decoded

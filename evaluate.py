@@ -358,8 +358,9 @@ def main(argv=None):
     if extra["tune_blank"]:
         res = tune_blank_penalty(model, cfg, extra, res, device, dtype)
     seen = res["number"] >= 0
-    rules = decoding.score(decoding.subset(res, seen))[0]  # digit reading, on the tracklets that show a number
     decoded = decoding.decode_all(res["p_tens"], res["p_units"])
+    # the rules' digit reading is scored on the tracklets that show a number
+    rules = decoding.score(decoding.subset(res, seen), {k: tuple(v[seen] for v in d) for k, d in decoded.items()})[0]
     t, u, rule_num, conf = decoded[cfg.rule]
     nv_threshold = float(ckpt.get("not_visible_threshold", 0.0))
     num = decoding.with_not_visible(rule_num, res["p_visible"], nv_threshold)

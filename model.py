@@ -404,9 +404,8 @@ def model_from_checkpoint(ckpt: dict, path: str = "checkpoint"):
         raise utils.CheckpointError(f"{path}: its config does not describe a model this code can build "
                                     f"({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
     try:
-        missing = net.load_state_dict(ckpt["model"], strict=False).missing_keys
-        unexpected = [k for k in ckpt["model"] if k not in net.state_dict()]
-        if unexpected or any(not k.startswith("visible.") for k in missing):
+        result = net.load_state_dict(ckpt["model"], strict=False)  # a checkpoint from before the visible head
+        if result.unexpected_keys or any(not k.startswith("visible.") for k in result.missing_keys):
             net.load_state_dict(ckpt["model"])  # raises with torch's own list of what differs
     except RuntimeError as err:
         raise utils.CheckpointError(f"{path}: weights do not match the architecture it describes "

@@ -4,7 +4,8 @@ such file, so this is a measurement of the embedded data only).
 
     python -m experiments.legibility --data_root=data/synthetic_long/test [--seq_len=5] [--bands_scored=1]
 
---bands_scored: how many text-line bands of each frame the recognizer reads for its score (the product: 3).
+--bands_scored: how many text-line bands of each frame the recognizer reads for its score (the product: 1, the
+middle one).
 """
 import json
 import os
@@ -33,7 +34,7 @@ def legible_share(samples, truth: dict, picks: list[list[int]]) -> float:
 
 
 def main(argv=None):
-    cfg, extra = config.load(sys.argv[1:] if argv is None else argv, extras={"bands_scored": 3})
+    cfg, extra = config.load(sys.argv[1:] if argv is None else argv, extras={"bands_scored": dataset.LEGIBILITY_VIEWS["bands"]})
     utils.setup_logging()
     root = cfg.data_root
     sidecar = os.path.join(root, f"{os.path.basename(os.path.normpath(root))}_legible.json")
@@ -42,12 +43,7 @@ def main(argv=None):
     with open(sidecar) as f:
         truth = json.load(f)
     samples, _ = dataset.crawl(root)
-    product = dict(dataset.LEGIBILITY_VIEWS)
-    dataset.LEGIBILITY_VIEWS["bands"] = extra["bands_scored"]
-    try:
-        scores = dataset.frame_legibility(samples, cfg, cfg.cache_dir)
-    finally:
-        dataset.LEGIBILITY_VIEWS.update(product)
+    scores = dataset.frame_legibility(samples, cfg, cfg.cache_dir, bands=extra["bands_scored"])
     out = {"tracklets": len(samples), "seq_len": cfg.seq_len, "bands_scored": extra["bands_scored"],
            "candidates_showing_the_number": legible_share(samples, truth, [range(len(s.frames)) for s in samples])}
     for strategy in ("uniform", "legible"):
