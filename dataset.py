@@ -566,6 +566,25 @@ def data_root(cfg) -> str:
     return str(path)
 
 
+def training_numbers(cfg, root: str | None = None) -> list[int] | None:
+    """The numbers to train on: cfg.train_classes, or for train_classes=all every number folder the data holds
+    except the test numbers, which may sit in the same root (None: all of a SoccerNet split, scored whole)."""
+    if cfg.train_classes:
+        return list(cfg.train_classes)
+    root = root or data_root(cfg)
+    if is_soccernet(root):
+        return None
+    found = sorted(n for e in os.scandir(root) if e.is_dir(follow_symlinks=False)
+                   and (n := _number_of(e.name)) is not None)
+    kept = [n for n in found if n not in cfg.test_classes]
+    if len(kept) < len(found):
+        log.info("train_classes=all: every number under %s except the test numbers %s", root,
+                 sorted(set(found) - set(kept)))
+    if not kept:
+        raise ConfigError(f"no number folder under {root!r} other than the test numbers {cfg.test_classes}")
+    return kept
+
+
 def load_samples(cfg, numbers, root: str | None = None, workers: int = 0):
     """Crawl, decode once (cached) and clean the samples of `numbers` (empty or None: every number the data holds,
     SoccerNet's -1 included); returns (samples, store, skipped)."""

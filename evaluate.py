@@ -285,7 +285,7 @@ def eval_samples(cfg, split):
     """(samples, store, skipped, whether anchors are used, frame legibility or None) of a split. The test split
     of a SoccerNet root is every tracklet it holds, -1 included, unless --test_classes says otherwise."""
     if split != "test":  # a side of the split train.py made (same numbers, fraction, seed)
-        samples, store, skipped = dataset.load_samples(cfg, cfg.train_classes)
+        samples, store, skipped = dataset.load_samples(cfg, dataset.training_numbers(cfg))
         train_side, val_side = dataset.train_val(samples, cfg)
         samples, anchor = (val_side if split == "val" else train_side), cfg.use_anchor
     else:

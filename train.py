@@ -253,7 +253,7 @@ def load_data(cfg, rank):
     Rank 0 generates/decodes first; the others then read its cache instead of racing to write it."""
     if rank > 0:
         dist.barrier()
-    samples, store, skipped = dataset.load_samples(cfg, cfg.train_classes)
+    samples, store, skipped = dataset.load_samples(cfg, dataset.training_numbers(cfg))
     cfg.train_classes = cfg.train_classes or sorted({s.number for s in samples})
     scores = None
     if "legible" in (cfg.train_sampling, cfg.eval_sampling):

@@ -59,6 +59,21 @@ def test_train_classes_all_and_ranges_and_soccernet_defaults(tmp_path):
     assert sn.eval_sampling == "uniform" and sn.train_classes == [4]  # what the user says wins
 
 
+def test_train_classes_all_leaves_out_the_test_numbers_of_the_same_root(tmp_path):
+    """Own data holding the test numbers' folders beside the others: `all` must not train on them."""
+    for n in ("4", "48", "66", "notes"):
+        (tmp_path / n).mkdir()
+    cfg = config.load([f"--data_root={tmp_path}", "--test_classes=48"], env_file="/nonexistent")[0]
+    assert dataset.training_numbers(cfg) == [4, 66]
+    cfg.train_classes = [4, 48]  # what the user says is taken as said (and checked by config)
+    assert dataset.training_numbers(cfg) == [4, 48]
+    only = config.load([f"--data_root={tmp_path}", "--test_classes=4,48,66"], env_file="/nonexistent")[0]
+    with pytest.raises(config.ConfigError, match="other than the test numbers"):
+        dataset.training_numbers(only)
+    split = soccernet_split(tmp_path / "train", {"0": 4, "1": -1}, frames=2)
+    assert dataset.training_numbers(config.load([f"--data_root={split}"], env_file="/nonexistent")[0]) is None
+
+
 def test_legible_sampling_takes_the_most_legible_frames_in_time_order():
     rng = np.random.default_rng(0)
     scores = [0.0, 0.9, 0.0, 0.2, 0.95, 0.0, 0.5, 0.0]
