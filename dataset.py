@@ -580,9 +580,9 @@ def training_numbers(cfg, root: str | None = None) -> list[int] | None:
     if len(kept) < len(found):
         log.info("train_classes=all: every number under %s except the test numbers %s", root,
                  sorted(set(found) - set(kept)))
-    if not kept:
+    if found and not kept:
         raise ConfigError(f"no number folder under {root!r} other than the test numbers {cfg.test_classes}")
-    return kept
+    return kept or None  # None: no number folder at all, which load_samples reports as no sub-tracklet
 
 
 def load_samples(cfg, numbers, root: str | None = None, workers: int = 0):

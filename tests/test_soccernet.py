@@ -123,19 +123,20 @@ def test_not_visible_threshold_is_chosen_on_validation_and_scored_as_soccernet_d
 @pytest.fixture(scope="module")
 def soccernet_run(tmp_path_factory):
     """A tiny SoccerNet-style train/test pair (numbered tracklets whose number shows on most frames, and -1
-    tracklets of blank shirts), trained a few epochs from scratch."""
+    tracklets of blank shirts), trained from scratch. The final epoch's model is read: with so few validation
+    tracklets the best-accuracy pick can be an early, untrained epoch, and at batch size 4 or 30 epochs some
+    seeds had not yet learned to tell blank shirts apart (P(visible) 0.56 for both on one machine)."""
     tmp = tmp_path_factory.mktemp("soccernet")
-    numbers = [4, 7, 23, 4, 7, 23, 4, 7, 23, 4, 7, 23]
-    labels = {str(i): n for i, n in enumerate(numbers + [-1] * 6)}
+    labels = {str(i): n for i, n in enumerate([4, 7, 23] * 8 + [-1] * 12)}
     soccernet_split(tmp / "train", labels, frames=8, blank_every=3)
     test = soccernet_split(tmp / "test", {"100": 4, "101": 23, "102": -1, "103": -1}, frames=8, blank_every=3)
     out = {k: str(tmp / k) for k in ("ck", "res", "logs", "cache")}
     common = [f"--cache_dir={out['cache']}", f"--results_dir={out['res']}"]
     train.main([f"--data_root={tmp / 'train'}", f"--checkpoint_dir={out['ck']}", f"--log_dir={out['logs']}",
-                "--img_size=32", "--seq_len=3", "--batch_size=4", "--pretrained=false", "--backbone=cnn",
-                "--lstm_hidden=16", "--head_hidden=16", "--amp=false", "--epochs=30", "--val_split=0.34",
-                "--crop=0,0,1,1", "--lr=5e-3", "--mixup_prob=0", *common])
-    return tmp, test, os.path.join(out["ck"], "best_model.pth"), common
+                "--img_size=32", "--seq_len=3", "--batch_size=8", "--pretrained=false", "--backbone=cnn",
+                "--lstm_hidden=16", "--head_hidden=16", "--amp=false", "--epochs=60", "--patience=100",
+                "--val_split=0.34", "--crop=0,0,1,1", "--lr=1e-2", "--mixup_prob=0", *common])
+    return tmp, test, os.path.join(out["ck"], "last.pth"), common
 
 
 def test_soccernet_training_learns_the_numbers_found_and_when_none_is_visible(soccernet_run):
