@@ -22,6 +22,8 @@ Measured (sequences per second unless noted):
   latency_ms_batch1[_float]  one tracklet, model only
   reader_infer_end_to_end  the pretrained-recognizer reader (--method=reader) from image files, as predict.py
                          reads them: its views decoded, the frozen trunk in onnxruntime on a CPU, the rest in torch
+  reader_onnx[_int8]_end_to_end  the same, the reader exported whole (predict.py --export_onnx [--quantize]) in
+                         onnxruntime; reader_onnx[_int8]_mb its file sizes
   zero_shot_end_to_end   its baseline (evaluate.py / predict.py --zero_shot): the same views, the shipped recognizer
                          in onnxruntime, greedy decoding and the vote
   reader_train_on_maps   the reader's training step on cached trunk maps (train.py, --finetune=neck)
@@ -37,15 +39,18 @@ import config
 if __name__ == "__main__":  # --help before torch is imported, so it prints at once
     config.exit_on_help(__doc__, config.options("bench"))
 
+import copy
 import dataclasses
 import itertools
 import os
 import platform
 import resource
 import sys
+import tempfile
 import time
 from collections import Counter
 
+import onnxruntime as ort
 import torch
 import torchvision.transforms as T
 from PIL import Image
@@ -317,12 +322,28 @@ def reader_blocks(cfg, samples, device, dtype, steps) -> tuple[dict, dict]:
     maps = torch.randn(B, views, c, 1, cfg.line_width // 8, device=device)
     batch = (maps, torch.ones(B, views, dtype=torch.bool, device=device), None, None, number)
     total, trainable = model_lib.count_parameters(train_net)
-    blocks = {"reader_infer_end_to_end": end_to_end(ours),
+    onnx_blocks, onnx_facts = onnx_reader(net, cfg, end_to_end)
+    blocks = {"reader_infer_end_to_end": end_to_end(ours), **onnx_blocks,
               "zero_shot_end_to_end": end_to_end(lambda b: zero_shot(b["frames"].numpy())),
               "reader_train_on_maps": repeat(lambda: engine.train_step(train_net, crit, opt, scaler, batch, cfg,
                                                                       device, dtype), B, max(1, steps // 2))}
     return blocks, {"reader_latency_ms_batch1": latency, "reader_params_m": total / 1e6,
-                    "reader_trainable_m": trainable / 1e6, "reader_views_per_tracklet": views}
+                    "reader_trainable_m": trainable / 1e6, "reader_views_per_tracklet": views, **onnx_facts}
+
+
+def onnx_reader(net, cfg, end_to_end) -> tuple[dict, dict]:
+    """The same reader as predict.py --export_onnx --quantize writes it (float and INT8), in onnxruntime on the
+    CPU. Its head is untrained here, so the INT8 probability change is a check, not the trained model's."""
+    with tempfile.TemporaryDirectory() as tmp:
+        info = predict.export(copy.deepcopy(net).cpu(), cfg, os.path.join(tmp, "reader.onnx"), int8=True)
+        sessions = {name: ort.InferenceSession(info[key], providers=["CPUExecutionProvider"])
+                    for name, key in (("reader_onnx", "onnx"), ("reader_onnx_int8", "int8_onnx"))}
+
+    def read(sess):
+        return lambda b: sess.run(["number_probs"], {"frames": dataset.to_input(b["frames"], "cpu").numpy()})
+    blocks = {f"{name}_end_to_end": end_to_end(read(sess)) for name, sess in sessions.items()}
+    return blocks, {"reader_onnx_mb": info["onnx_mb"], "reader_onnx_int8_mb": info["int8_onnx_mb"],
+                    "reader_onnx_int8_max_abs_diff": info["int8_max_abs_diff_vs_pytorch"]}
 
 
 def long_blocks(cfg, device, dtype, scale: float) -> tuple[dict, dict]:
@@ -403,6 +424,8 @@ def main(argv=None):
         / r["infer_reference_seq_per_s"],
         "pipeline_vs_naive": r["pipeline_seq_per_s"] / r["pipeline_naive_seq_per_s"],
         "reader_vs_zero_shot": r["reader_infer_end_to_end_seq_per_s"] / r["zero_shot_end_to_end_seq_per_s"],
+        "reader_onnx_int8_vs_zero_shot": r["reader_onnx_int8_end_to_end_seq_per_s"]
+        / r["zero_shot_end_to_end_seq_per_s"],
     }
     if "infer_end_to_end_float_seq_per_s" in r:
         r["ratios"]["infer_end_to_end_float_vs_reference"] = \

@@ -76,6 +76,9 @@ def _slice(x, starts, ends, axes=None, steps=None):
 
 
 def _reshape(x, shape, allowzero=0):
+    if torch.jit.is_tracing() and isinstance(shape, torch.Tensor):  # ONNX export: keep sizes that depend on the batch
+        shape = list(shape.unbind(0))
+        return x.reshape([x.shape[i] if not allowzero and int(v) == 0 else v for i, v in enumerate(shape)])
     shape = _ints(shape)
     if not allowzero:
         shape = [x.shape[i] if v == 0 else v for i, v in enumerate(shape)]
@@ -161,6 +164,8 @@ def _run(op, a, i):
     if op == "Slice":
         return _slice(*i)
     if op == "Shape":
+        if torch.jit.is_tracing():  # a traced shape, so that ONNX export keeps the batch size dynamic
+            return torch._shape_as_tensor(i[0])
         return torch.tensor(i[0].shape, dtype=torch.int64)
     if op == "Cast":
         return i[0].to(ONNX_DTYPES[a["to"]])

@@ -8,7 +8,9 @@ KEYS = ("train_model_bound_seq_per_s", "train_end_to_end_seq_per_s", "pipeline_s
         "infer_end_to_end_float_seq_per_s", "infer_model_bound_float_seq_per_s", "latency_ms_batch1_float",
         "int8_build_s", "reader_infer_end_to_end_seq_per_s", "zero_shot_end_to_end_seq_per_s",
         "reader_train_on_maps_seq_per_s", "reader_latency_ms_batch1", "reader_params_m", "reader_trainable_m",
-        "long_legible_seq_per_s", "long_uniform_seq_per_s", "long_tracklets", "long_mean_frames")
+        "long_legible_seq_per_s", "long_uniform_seq_per_s", "long_tracklets", "long_mean_frames",
+        "reader_onnx_end_to_end_seq_per_s", "reader_onnx_int8_end_to_end_seq_per_s", "reader_onnx_mb",
+        "reader_onnx_int8_mb", "reader_onnx_int8_max_abs_diff")
 
 
 def test_bench_writes_every_key(tmp_path):
@@ -22,7 +24,9 @@ def test_bench_writes_every_key(tmp_path):
     assert set(saved["ratios"]) == {"train_end_to_end_vs_reference", "train_end_to_end_vs_model_bound",
                                     "infer_end_to_end_vs_reference", "pipeline_vs_naive",
                                     "infer_end_to_end_vs_model_bound", "infer_serial_bound_vs_reference",
-                                    "infer_end_to_end_float_vs_reference", "reader_vs_zero_shot"}
+                                    "infer_end_to_end_float_vs_reference", "reader_vs_zero_shot",
+                                    "reader_onnx_int8_vs_zero_shot"}
+    assert saved["reader_onnx_int8_mb"] < saved["reader_onnx_mb"]  # the reader's INT8 graph is the smaller
     assert saved["infer_path"] == "int8"  # predict.py's default on this CPU: the INT8 trunk (float beside it)
     assert saved["torch"] and saved["threads"] >= 1
     assert 30 <= saved["long_mean_frames"] <= 400 and saved["long_candidates"] == 32  # long tracklets, 32 scored

@@ -3,6 +3,7 @@ predict, and the zero-shot baseline through evaluate.py and predict.py."""
 import json
 import os
 
+import onnx
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ import predict
 import train
 import utils
 from conftest import tiny_synth
+from experiments import onnx_check
 
 
 @pytest.fixture(scope="module")
@@ -77,4 +79,23 @@ def test_predict_with_a_reader_checkpoint(run):
     assert all(0 <= p["prediction"] <= 99 and len(p["attention"]) == len(p["frames"]) == 3 * 2 for p in preds)
     assert preds[0]["frames"][1].endswith("#1")  # 3 frames x 2 bands, each weight beside its file and band
     with pytest.raises(SystemExit, match="already runs in onnxruntime"):
-        predict.main(["--checkpoint", ckpt, "--export_onnx", str(tmp / "m.onnx")])
+        predict.main(["--checkpoint", ckpt, str(root / "48"), "--quantize=true"])
+
+
+def test_reader_exports_to_onnx_and_int8(run):
+    """The whole reader (the recognizer's graph as torch ops, LSTM, attention, CTC) as one ONNX graph with
+    dynamic batch and sequence length; its INT8 version quantizes the MatMuls and the LSTM, not the stem."""
+    tmp, _, out, _, _, _ = run
+    info = predict.main(["--checkpoint", f"{out['checkpoints']}/best_model.pth", "--export_onnx",
+                         str(tmp / "r.onnx"), "--quantize"])
+    assert info["max_abs_diff_vs_pytorch"] < 1e-3  # the same model, other batch and sequence lengths
+    assert info["int8_onnx_mb"] < 0.75 * info["onnx_mb"] and info["int8_max_abs_diff_vs_pytorch"] < 0.25
+    quantized = {n.op_type for n in onnx.load(info["int8_onnx"]).graph.node}
+    assert "DynamicQuantizeLSTM" in quantized and "Conv" in quantized and "ConvInteger" not in quantized
+    res = onnx_check.main([f"--checkpoint={out['checkpoints']}/best_model.pth", f"--onnx={tmp / 'r.onnx'},{info['int8_onnx']}",
+                           f"--out={tmp / 'check.json'}", f"--cache_dir={out['cache']}"])
+    float_graph, int8_graph = res["models"]["r.onnx"], res["models"]["r.int8.onnx"]
+    assert res["tracklets"] == 6 and float_graph["agreement_with_pytorch"] == 100.0
+    assert float_graph["accuracy"] == res["models"]["pytorch"]["accuracy"] and 0 <= int8_graph["accuracy"] <= 100
+    with pytest.raises(SystemExit, match="no such file"):
+        onnx_check.main([f"--checkpoint={out['checkpoints']}/best_model.pth", f"--onnx={tmp / 'none.onnx'}"])
