@@ -5,8 +5,8 @@ export answers as the PyTorch model, on the same frames (predict.py --export_onn
     python -m experiments.onnx_check --checkpoint C --onnx=results/m.onnx,results/m.int8.onnx [--split=val] \
         [--test_classes=...] [--out=results/onnx_check.json]
 
-Every model reads the same input as predict.py feeds it: the evaluation frames, a short tracklet padded by
-repeating its last frame (the graph has no padding mask).
+Every model reads the same frames: evaluation's, a short tracklet padded by repeating its last frame, as predict.py
+feeds the graph (it has no padding mask).
 """
 import os
 import sys
@@ -25,20 +25,13 @@ import utils
 EXTRAS = {"onnx": "", "split": "test", "out": ""}
 
 
-def repeat_padded(x, mask):
-    """[B, T, ...] with each row's padding replaced by its last real frame."""
-    last = mask.sum(1).clamp(min=1) - 1
-    idx = torch.minimum(torch.arange(x.shape[1])[None], last[:, None])
-    return x[torch.arange(x.shape[0])[:, None], idx]
-
-
 def read_all(loader, readers: dict) -> tuple[dict, torch.Tensor]:
-    """Each reader's number probabilities [N, 100], and the true numbers."""
+    """Each reader's number probabilities [N, 100] for frames in 0..1 (as the exported graph takes them), and the
+    true numbers."""
     probs, truth = {k: [] for k in readers}, []
     for batch in tqdm(loader, desc="onnx check", leave=False, dynamic_ncols=True):
-        x, mask, _, _, number = engine.prepare_batch(batch, "cpu", train=False)
-        x = repeat_padded(x, mask)
-        truth.append(number)
+        x = dataset.to_input(batch["frames"], "cpu")
+        truth.append(batch["number"])
         for name, read in readers.items():
             probs[name].append(read(x))
     return {k: torch.cat(v) for k, v in probs.items()}, torch.cat(truth)
@@ -48,13 +41,7 @@ def onnx_reader(path: str):
     if not os.path.isfile(path):
         raise config.ConfigError(f"--onnx: no such file {path!r} (write it with predict.py --export_onnx)")
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    # the graph normalises inside: it takes frames in 0..1 (predict.OnnxView)
-    return lambda x: torch.from_numpy(sess.run(["number_probs"], {"frames": unnormalize(x).numpy()})[0])
-
-
-def unnormalize(x):
-    mean, std = (t.view(1, 1, 3, 1, 1) for t in (dataset.MEAN, dataset.STD))
-    return (x * std + mean).contiguous()
+    return lambda x: torch.from_numpy(sess.run(["number_probs"], {"frames": x.numpy()})[0])
 
 
 def main(argv=None) -> dict:
@@ -69,7 +56,7 @@ def main(argv=None) -> dict:
 
     def torch_reader(x):
         with torch.inference_mode():
-            return model_lib.probabilities(net(x))[0].float()
+            return model_lib.probabilities(net(dataset.normalize(x)))[0].float()
     readers = {"pytorch": torch_reader, **{os.path.basename(p): onnx_reader(p) for p in paths}}
     data = evaluate.eval_samples(cfg, extra["split"])
     probs, number = read_all(engine.eval_loader(evaluate.tracklets(cfg, data), cfg), readers)
